@@ -1,0 +1,85 @@
+"""The FastAPI app factory. Settings come in; nothing connects until start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from krolik.api.errors import install_error_handlers
+from krolik.api.limits import BodySizeLimit
+from krolik.api.routes import health, tasks
+from krolik.broker.base import Broker
+from krolik.components import build_broker, build_store
+from krolik.errors import BrokerUnavailable
+from krolik.log import get_logger
+from krolik.relay import OutboxRelay
+from krolik.settings import Settings
+from krolik.store.base import TaskStore
+
+log = get_logger(__name__)
+
+
+async def _keep_broker_connected(broker: Broker, interval: float = 2.0) -> None:
+    """Without an in-process relay, still connect, so readiness tells the truth."""
+    while True:
+        try:
+            await broker.connect()
+            return
+        except BrokerUnavailable as exc:
+            log.warning("broker_unavailable", error=str(exc))
+            await asyncio.sleep(interval)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: TaskStore | None = None,
+    broker: Broker | None = None,
+) -> FastAPI:
+    """Build the API. ``store``/``broker`` override the ones the settings pick (tests, dev)."""
+    the_store = store or build_store(settings)
+    the_broker = broker or build_broker(settings)
+    relay = OutboxRelay(the_store, the_broker, settings.relay) if settings.relay.enabled else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await the_store.open()
+        connector: asyncio.Task[None] | None = None
+        if relay is not None:
+            relay.start()
+        else:
+            connector = asyncio.create_task(_keep_broker_connected(the_broker))
+        try:
+            yield
+        finally:
+            if relay is not None:
+                await relay.stop()
+            if connector is not None:
+                connector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connector
+            await the_broker.close()
+            await the_store.close()
+
+    app = FastAPI(
+        title="Krolik",
+        summary="A task queue that never loses a task.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.debug else None,
+        redoc_url="/redoc" if settings.debug else None,
+        openapi_url="/openapi.json" if settings.debug else None,
+    )
+    app.state.settings = settings
+    app.state.store = the_store
+    app.state.broker = the_broker
+    app.state.relay = relay
+    app.include_router(tasks.router)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_payload_bytes)
+    return app

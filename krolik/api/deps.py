@@ -1,0 +1,38 @@
+"""Dependencies of the routes: what the app factory put on ``app.state``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from krolik.broker.base import Broker
+from krolik.relay import OutboxRelay
+from krolik.settings import Settings
+from krolik.store.base import TaskStore
+
+
+def _store(request: Request) -> TaskStore:
+    store: TaskStore = request.app.state.store
+    return store
+
+
+def _broker(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _relay(request: Request) -> OutboxRelay | None:
+    relay: OutboxRelay | None = request.app.state.relay
+    return relay
+
+
+StoreDep = Annotated[TaskStore, Depends(_store)]
+BrokerDep = Annotated[Broker, Depends(_broker)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+RelayDep = Annotated[OutboxRelay | None, Depends(_relay)]

@@ -1,0 +1,61 @@
+"""Domain errors mapped to HTTP answers, in one place. No traceback ever reaches a client."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from krolik.errors import (
+    BrokerUnavailable,
+    InvalidTransition,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from krolik.log import get_logger
+
+log = get_logger(__name__)
+RETRY_AFTER_SECONDS = "5"
+
+
+class BadRequest(Exception):
+    """A request that validation could not catch by its shape (e.g. a bad cursor)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TaskNotFound)
+    async def not_found(_: Request, exc: TaskNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(InvalidTransition)
+    async def conflict(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=400)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("store_unavailable", error=str(exc))
+        return JSONResponse(
+            {"detail": "the task store is unavailable, try again shortly"},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(BrokerUnavailable)
+    async def broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the message broker is unavailable, try again shortly"},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", path=request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error"}, status_code=500)

@@ -1,0 +1,139 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from krolik.states import TaskStatus
+from krolik.store.base import Task
+
+MAX_JSON_DEPTH = 32
+NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+MAX_ID = 2**63 - 1
+
+TaskName = Annotated[str, Field(pattern=NAME_PATTERN, description="Which handler runs the task.")]
+QueueName = Annotated[str, Field(pattern=QUEUE_PATTERN)]
+
+
+def check_json(value: Any, depth: int = 0) -> None:
+    """Reject what PostgreSQL cannot store (NUL characters) and absurd nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"the payload is nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL characters (\\u0000) are not allowed in the payload")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json(key, depth + 1)
+            check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
+
+
+def no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
+class TaskCreate(BaseModel):
+    """A new task. Only ``payload`` is required, as in the seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: Any = Field(description="Any JSON value; handed to the handler as is.")
+    name: TaskName | None = None
+    queue: QueueName | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
+    run_at: datetime | None = None
+    delay_seconds: Annotated[float, Field(ge=0, le=366 * 86400)] | None = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_storable(cls, value: Any) -> Any:
+        check_json(value)
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key_storable(cls, value: str | None) -> str | None:
+        return no_nul(value)
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # a time without zone is taken as UTC
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> Self:
+        if self.run_at is not None and self.delay_seconds is not None:
+            raise ValueError("give run_at or delay_seconds, not both")
+        return self
+
+
+class TaskOut(BaseModel):
+    id: int
+    name: str
+    queue: str
+    payload: Any
+    status: TaskStatus
+    result: Any
+    error: str | None
+    attempts: int
+    max_attempts: int | None
+    timeout_seconds: float | None
+    idempotency_key: str | None
+    cancel_requested: bool
+    run_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, task: Task) -> Self:
+        return cls.model_validate(
+            {name: getattr(task, name) for name in cls.model_fields if hasattr(task, name)}
+            | {"id": task.id}
+        )
+
+
+class TaskCreated(TaskOut):
+    task_id: int = Field(description="The new task's id (the seed's field).")
+
+    @classmethod
+    def of(cls, task: Task) -> Self:
+        out = TaskOut.of(task)
+        return cls(**out.model_dump(), task_id=task.id)
+
+
+class TaskDetail(TaskOut):
+    traceback: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> Self:
+        out = TaskOut.of(task)
+        return cls(**out.model_dump(), traceback=task.traceback)
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next, older page.")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The broker seam: delivery of 'task N is due' messages. It holds no truth."""

@@ -1,0 +1,237 @@
+"""The RabbitMQ broker: durable queues, persistent messages, publisher confirms.
+
+Publishing and consuming use separate connections, so a consumer's flow control
+never stalls the relay. Both are robust connections: they come back by themselves
+after RabbitMQ restarts, and consumers are restored with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from krolik.broker.base import Broker, Delivery, DeliveryHandler, Subscription, TaskMessage
+from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER, Topology
+from krolik.errors import BrokerError, BrokerUnavailable
+from krolik.log import get_logger
+from krolik.settings import RabbitMQSettings
+
+log = get_logger(__name__)
+
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ConnectionClosed,
+    aio_pika.exceptions.ChannelClosed,
+    RuntimeError,  # aio-pika raises it for a connection closed under a waiting call
+)
+
+
+class RabbitDelivery(Delivery):
+    def __init__(self, message: AbstractIncomingMessage, broker: RabbitMQBroker) -> None:
+        self._message = message
+        self._broker = broker
+        self.body = message.body
+        self.redelivered = bool(message.redelivered)
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+    async def dead_letter(self, reason: str) -> None:
+        try:
+            await self._broker.publish_dead_letter(
+                self.body, reason, origin=self._message.routing_key or ""
+            )
+        except Exception:
+            # RabbitMQ's own dead-lettering still keeps the message, without the reason.
+            log.warning("dead_letter_publish_failed", reason=reason, exc_info=True)
+            await self._message.reject(requeue=False)
+            return
+        await self._message.ack()
+
+
+class RabbitSubscription(Subscription):
+    def __init__(self, channel: AbstractChannel, consumers: list[tuple[AbstractQueue, str]]):
+        self._channel = channel
+        self._consumers = consumers
+
+    async def cancel(self) -> None:
+        for queue, tag in self._consumers:
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await queue.cancel(tag)
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await self._channel.close()
+
+
+class RabbitMQBroker(Broker):
+    def __init__(self, settings: RabbitMQSettings, topology: Topology) -> None:
+        self.settings = settings
+        self.topology = topology
+        self._publisher: AbstractRobustConnection | None = None
+        self._consumer: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._dead_exchange: AbstractExchange | None = None
+        self._declared: set[str] = set()
+        self._declare_lock = asyncio.Lock()
+
+    async def _connect(self) -> AbstractRobustConnection:
+        try:
+            return await aio_pika.connect_robust(
+                self.settings.dsn,
+                timeout=self.settings.publish_timeout_seconds,
+                client_properties={"connection_name": "krolik"},
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"RabbitMQ cannot be reached: {type(exc).__name__}") from None
+
+    async def connect(self) -> None:
+        if self._publisher is not None:
+            return
+        connection = await self._connect()
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchange = await channel.declare_exchange(
+                self.topology.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            self._dead_exchange = await channel.declare_exchange(
+                self.topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            dead_queue = await channel.declare_queue(
+                self.topology.dead_letter_queue,
+                durable=True,
+                arguments={"x-queue-type": self.topology.queue_type.value},
+            )
+            await dead_queue.bind(self._dead_exchange, routing_key=self.topology.dead_letter_queue)
+        except BaseException:
+            await connection.close()
+            raise
+        self._publisher, self._channel = connection, channel
+
+    async def close(self) -> None:
+        for connection in (self._consumer, self._publisher):
+            if connection is not None:
+                await connection.close()
+        self._publisher = self._consumer = self._channel = None
+        self._exchange = self._dead_exchange = None
+        self._declared.clear()
+
+    async def ping(self) -> None:
+        connection = self._publisher
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            raise BrokerUnavailable("RabbitMQ is not connected")
+
+    async def declare_queue(self, channel: AbstractChannel, krolik_queue: str) -> AbstractQueue:
+        spec = self.topology.queue(krolik_queue)
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+        await queue.bind(self.topology.exchange, routing_key=spec.routing_key)
+        return queue
+
+    async def _ensure_declared(self, krolik_queue: str) -> None:
+        if krolik_queue in self._declared:
+            return
+        async with self._declare_lock:
+            if krolik_queue not in self._declared and self._channel is not None:
+                await self.declare_queue(self._channel, krolik_queue)
+                self._declared.add(krolik_queue)
+
+    async def publish(self, messages: Sequence[TaskMessage]) -> None:
+        if self._exchange is None:
+            raise BrokerUnavailable("RabbitMQ is not connected")
+        exchange = self._exchange
+        try:
+            for krolik_queue in {message.queue for message in messages}:
+                await self._ensure_declared(krolik_queue)
+            # All publishes in flight at once; each awaits its own confirm.
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        exchange.publish(
+                            aio_pika.Message(
+                                message.encode(),
+                                content_type="application/json",
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                message_id=str(message.task_id),
+                                type=message.name,
+                            ),
+                            routing_key=self.topology.queue(message.queue).routing_key,
+                            mandatory=True,
+                        )
+                        for message in messages
+                    )
+                ),
+                timeout=self.settings.publish_timeout_seconds,
+            )
+        except _CONNECTION_ERRORS as exc:
+            self._declared.clear()
+            raise BrokerUnavailable(f"publishing failed: {type(exc).__name__}") from None
+        except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
+            raise BrokerError(f"RabbitMQ refused a message: {exc}") from None
+
+    async def publish_dead_letter(self, body: bytes, reason: str, origin: str) -> None:
+        if self._dead_exchange is None:
+            raise BrokerUnavailable("RabbitMQ is not connected")
+        await self._dead_exchange.publish(
+            aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={REASON_HEADER: reason[:1000], ORIGIN_HEADER: origin},
+            ),
+            routing_key=self.topology.dead_letter_queue,
+            mandatory=True,
+            timeout=self.settings.publish_timeout_seconds,
+        )
+
+    async def consume(
+        self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
+    ) -> Subscription:
+        if self._consumer is None:
+            self._consumer = await self._connect()
+        channel = await self._consumer.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(RabbitDelivery(message, self))
+
+        consumers = []
+        for krolik_queue in queues:
+            queue = await self.declare_queue(channel, krolik_queue)
+            tag = await queue.consume(on_message, no_ack=False)
+            consumers.append((queue, tag))
+        return RabbitSubscription(channel, consumers)
+
+    async def dead_lettered(self, limit: int = 100) -> list[tuple[bytes, dict[str, Any]]]:
+        if self._publisher is None:
+            raise BrokerUnavailable("RabbitMQ is not connected")
+        channel = await self._publisher.channel()
+        try:
+            queue = await channel.get_queue(self.topology.dead_letter_queue, ensure=True)
+            seen: list[AbstractIncomingMessage] = []
+            while len(seen) < limit:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                seen.append(message)
+            found = [(m.body, dict(m.headers or {})) for m in seen]
+            for message in seen:
+                await message.nack(requeue=True)
+            return found
+        finally:
+            await channel.close()

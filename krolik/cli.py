@@ -1,0 +1,172 @@
+"""The ``krolik`` command: migrate, api, worker, relay."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from krolik.builtin_tasks import builtin_registry
+from krolik.components import build_broker, build_store
+from krolik.errors import BrokerUnavailable, ConfigurationError, StoreUnavailable
+from krolik.log import configure_logging, get_logger
+from krolik.maintenance import LeaseRescuer
+from krolik.registry import Registry, default_registry
+from krolik.relay import OutboxRelay
+from krolik.settings import Settings
+from krolik.worker import Worker
+
+cli = typer.Typer(
+    name="krolik",
+    help="Krolik: a task queue that never loses a task.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+log = get_logger("krolik.cli")
+
+HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
+AppOption = Annotated[
+    str | None,
+    typer.Option("--app", help="Importable module that registers your task handlers."),
+]
+
+
+def load_settings() -> Settings:
+    settings = Settings()
+    configure_logging(level="DEBUG" if settings.debug else "INFO")
+    return settings
+
+
+def load_registry(module: str | None) -> Registry:
+    """The built-in handlers plus those ``module`` registers (its ``registry`` or the default)."""
+    if module is None:
+        return builtin_registry.merged(default_registry)
+    sys.path.insert(0, "")
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as exc:
+        raise typer.BadParameter(f"cannot import {module!r}: {exc}", param_hint="--app") from None
+    own = getattr(imported, "registry", None)
+    user = own if isinstance(own, Registry) else default_registry
+    return builtin_registry.merged(user)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal_received")
+
+
+async def _retrying(what: str, connect: object, interval: float = 2.0) -> None:
+    """Start-up waits for its services instead of crashing (containers start in any order)."""
+    while True:
+        try:
+            await connect()  # type: ignore[operator]
+            return
+        except (BrokerUnavailable, StoreUnavailable) as exc:
+            log.warning("waiting_for_service", service=what, error=str(exc))
+            await asyncio.sleep(interval)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (safe to run again)."""
+    from krolik.migrate import upgrade
+
+    settings = load_settings()
+    upgrade(settings.db.dsn)
+    log.info("migrated")
+
+
+@cli.command()
+def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
+    """Run the HTTP API (with the outbox relay inside, unless APP__RELAY__ENABLED=false)."""
+    from krolik.api.app import create_app
+
+    settings = load_settings()
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Tasks run at once (default: setting).")
+    ] = None,
+    app: AppOption = None,
+    queues: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Queue to consume (repeatable).")
+    ] = None,
+) -> None:
+    """Run a worker: consume tasks, run handlers, rescue tasks of dead workers."""
+    settings = load_settings()
+    registry = load_registry(app)
+    asyncio.run(_run_worker(settings, registry, concurrency, queues))
+
+
+async def _run_worker(
+    settings: Settings, registry: Registry, concurrency: int | None, queues: list[str] | None
+) -> None:
+    store, broker = build_store(settings), build_broker(settings)
+    await store.open()
+    await _retrying("database", store.ping)
+    the_worker = Worker(store, broker, registry, settings, queues=queues, concurrency=concurrency)
+    rescuer = LeaseRescuer(store, settings.maintenance)
+    await _retrying("rabbitmq", the_worker.start)
+    rescuer.start()
+    try:
+        await _until_signalled()
+    finally:
+        await the_worker.stop()
+        await rescuer.stop()
+        await broker.close()
+        await store.close()
+
+
+@cli.command()
+def relay() -> None:
+    """Run an outbox relay on its own (several may run at once)."""
+    settings = load_settings()
+    asyncio.run(_run_relay(settings))
+
+
+async def _run_relay(settings: Settings) -> None:
+    store, broker = build_store(settings), build_broker(settings)
+    await store.open()
+    the_relay = OutboxRelay(store, broker, settings.relay)
+    the_relay.start()
+    try:
+        await _until_signalled()
+    finally:
+        await the_relay.stop()
+        await broker.close()
+        await store.close()
+
+
+def main() -> None:
+    try:
+        cli()
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

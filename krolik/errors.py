@@ -1,0 +1,46 @@
+"""One error tree for Krolik; each class's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class KrolikError(Exception):
+    """Krolik failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(KrolikError):
+    """The configuration is not valid."""
+
+
+class StoreError(KrolikError):
+    """The task store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The task store cannot be reached."""
+
+
+class BrokerError(KrolikError):
+    """The message broker failed."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The message broker cannot be reached."""
+
+
+class TaskNotFound(KrolikError):
+    """No task has this id."""
+
+
+class InvalidTransition(KrolikError):
+    """The task is not in a state that allows this change."""
+
+
+class UnknownHandler(KrolikError):
+    """No handler is registered under this name."""
+
+
+class TaskTimeout(KrolikError):
+    """The handler ran longer than its timeout."""

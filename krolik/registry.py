@@ -1,0 +1,111 @@
+"""Task handlers: the ``task`` decorator and the name -> handler registry."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from krolik.errors import ConfigurationError, UnknownHandler
+
+JSON = Any
+HandlerFunc = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a handler may want to know about the run it is in."""
+
+    task_id: int
+    name: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    name: str
+    func: HandlerFunc
+    max_attempts: int | None = None
+    timeout_seconds: float | None = None
+    wants_context: bool = False
+    is_async: bool = True
+
+    async def run(self, payload: JSON, context: TaskContext) -> JSON:
+        """Run the handler; a plain function runs in a worker thread."""
+        kwargs = {"context": context} if self.wants_context else {}
+        if self.is_async:
+            result: Awaitable[JSON] = self.func(payload, **kwargs)
+            return await result
+        return await asyncio.to_thread(self.func, payload, **kwargs)
+
+
+@dataclass
+class Registry:
+    """Maps task names to handlers. Workers look handlers up here by name."""
+
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def task(
+        self,
+        func: HandlerFunc | None = None,
+        *,
+        name: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register ``func`` as a handler; usable as ``@task`` or ``@task(name=...)``."""
+
+        def register(f: HandlerFunc) -> HandlerFunc:
+            self.add(f, name=name, max_attempts=max_attempts, timeout=timeout)
+            return f
+
+        return register(func) if func is not None else register
+
+    def add(
+        self,
+        func: HandlerFunc,
+        *,
+        name: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> Handler:
+        task_name = name or func.__name__
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigurationError(f"max_attempts of {task_name!r} must be at least 1")
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"timeout of {task_name!r} must be positive")
+        existing = self.handlers.get(task_name)
+        if existing is not None and existing.func is not func:
+            raise ConfigurationError(f"a handler named {task_name!r} is already registered")
+        handler = Handler(
+            name=task_name,
+            func=func,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout,
+            wants_context="context" in inspect.signature(func).parameters,
+            is_async=inspect.iscoroutinefunction(func),
+        )
+        self.handlers[task_name] = handler
+        return handler
+
+    def get(self, name: str) -> Handler:
+        try:
+            return self.handlers[name]
+        except KeyError:
+            raise UnknownHandler(f"no handler is registered under the name {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.handlers
+
+    def merged(self, other: Registry) -> Registry:
+        """A registry holding both; ``other`` wins on a name clash."""
+        return Registry({**self.handlers, **other.handlers})
+
+
+default_registry = Registry()
+task = default_registry.task

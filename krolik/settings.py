@@ -1,0 +1,97 @@
+"""Settings, read once at start-up from the environment or a `.env` file.
+
+Names keep the seed's shape: prefix ``APP__`` and ``__`` between sections, so
+``APP__DB__URL``, ``APP__RABBITMQ__URL``, ``APP__RABBITMQ__QUEUE_NAME`` and
+``APP__DEBUG`` work unchanged. Nothing here connects to anything.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class QueueType(StrEnum):
+    QUORUM = "quorum"
+    CLASSIC = "classic"
+
+
+class DatabaseSettings(BaseModel):
+    url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+    pool_size: int = Field(10, ge=1)
+    max_overflow: int = Field(10, ge=0)
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+
+    @property
+    def dsn(self) -> str:
+        return self.url.get_secret_value()
+
+
+class RabbitMQSettings(BaseModel):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    queue_name: str = "task_queue"
+    exchange_name: str = "task_exchange"
+    routing_key: str = "task.new"
+    prefetch_count: int = Field(5, ge=1)
+    queue_type: QueueType = QueueType.QUORUM
+    publish_timeout_seconds: float = Field(5.0, gt=0)
+
+    @property
+    def dsn(self) -> str:
+        return self.url.get_secret_value()
+
+
+class WorkerSettings(BaseModel):
+    concurrency: int = Field(8, ge=1)
+    lease_seconds: float = Field(30.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    queues: list[str] = Field(default_factory=lambda: ["default"])
+
+
+class RetrySettings(BaseModel):
+    default_max_attempts: int = Field(3, ge=1)
+    backoff_base_seconds: float = Field(1.0, ge=0)
+    backoff_max_seconds: float = Field(300.0, ge=0)
+
+
+class RelaySettings(BaseModel):
+    enabled: bool = True
+    """Run the outbox relay inside the API process."""
+    batch_size: int = Field(200, ge=1)
+    poll_seconds: float = Field(0.5, gt=0)
+    claim_seconds: float = Field(30.0, gt=0)
+    """How long a relay owns the outbox rows it picked before another may take them."""
+
+
+class MaintenanceSettings(BaseModel):
+    rescue_interval_seconds: float = Field(5.0, gt=0)
+    redispatch_after_seconds: float = Field(300.0, gt=0)
+    """A due pending task older than this with nothing in the outbox is dispatched again."""
+
+
+class ApiSettings(BaseModel):
+    max_payload_bytes: int = Field(1_048_576, ge=1)
+    default_page_size: int = Field(50, ge=1, le=1000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_prefix="APP__",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="ignore",
+    )
+
+    debug: bool = False
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    default_queue: str = "default"

@@ -1,0 +1,1 @@
+"""The store seam: the source of truth for tasks."""

@@ -1,0 +1,504 @@
+"""Every statement of the store, in SQLAlchemy Core, shared by PostgreSQL and SQLite.
+
+Each state change is one guarded ``UPDATE ... WHERE status = <expected> ...
+RETURNING``: it names what it expects to find, so a duplicate delivery, a stale
+worker or a second relay finds nothing to change. Where a task becomes due
+(enqueue, retry, rescue, release) the same transaction writes its outbox row, so
+a task is never committed without the record that will dispatch it.
+
+Dialects differ only in their clock (``_now`` / ``_later``) and in row locking,
+which SQLAlchemy leaves out where the database has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from krolik.errors import InvalidTransition, StoreUnavailable, TaskNotFound
+from krolik.states import TaskStatus
+from krolik.store.base import (
+    Enqueued,
+    NewTask,
+    OutboxEntry,
+    RescuedTask,
+    RunRef,
+    Task,
+    TaskFilter,
+    TaskStore,
+)
+from krolik.store.tables import outbox, tasks
+
+PENDING = TaskStatus.PENDING.value
+PROCESSING = TaskStatus.PROCESSING.value
+DONE = TaskStatus.DONE.value
+FAILED = TaskStatus.FAILED.value
+CANCELLED = TaskStatus.CANCELLED.value
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def row_to_task(row: Mapping[Any, Any]) -> Task:
+    values = dict(row)
+    values["status"] = TaskStatus(values["status"])
+    for key in (
+        "run_at",
+        "lease_expires_at",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+    ):
+        stamp = values[key]
+        if isinstance(stamp, datetime) and stamp.tzinfo is None:
+            values[key] = stamp.replace(tzinfo=UTC)
+    return Task(**values)
+
+
+class SqlTaskStore(TaskStore):
+    """The store over a SQLAlchemy async engine; subclasses pick the engine and clock."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # -- dialect hooks -------------------------------------------------------------
+    def _now(self) -> ColumnElement[datetime]:
+        """The current time as the database should record it."""
+        return literal(datetime.now(UTC))
+
+    def _later(self, seconds: float) -> ColumnElement[datetime]:
+        return literal(datetime.now(UTC) + timedelta(seconds=seconds))
+
+    # -- plumbing ------------------------------------------------------------------
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction; lost connections surface as ``StoreUnavailable``."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (TaskNotFound, InvalidTransition):
+            raise
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise StoreUnavailable(
+                    f"the task store cannot be reached: {type(exc).__name__}"
+                ) from exc
+            raise
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute(select(literal(1)))
+
+    async def _dispatch(self, conn: AsyncConnection, rows: Iterable[Mapping[Any, Any]]) -> None:
+        """Write the outbox rows that will publish these tasks when they are due."""
+        values = [
+            {
+                "task_id": row["id"],
+                "queue": row["queue"],
+                "name": row["name"],
+                "available_at": row["run_at"],
+            }
+            for row in rows
+        ]
+        if values:
+            await conn.execute(insert(outbox), values)
+
+    # -- producers -----------------------------------------------------------------
+    async def enqueue(self, new_tasks: Sequence[NewTask]) -> list[Enqueued]:
+        results: list[Enqueued] = []
+        async with self._tx() as conn:
+            for new in new_tasks:
+                results.append(await self._enqueue_one(conn, new))
+        return results
+
+    async def _enqueue_one(self, conn: AsyncConnection, new: NewTask) -> Enqueued:
+        if new.idempotency_key is not None:
+            existing = await self._by_idempotency_key(conn, new.idempotency_key)
+            if existing is not None:
+                return Enqueued(existing, created=False)
+        if new.run_at is not None:
+            run_at: ColumnElement[datetime] = literal(new.run_at)
+        elif new.delay_seconds:
+            run_at = self._later(new.delay_seconds)
+        else:
+            run_at = self._now()
+        now = self._now()
+        stmt = (
+            self._insert_task()
+            .values(
+                name=new.name,
+                queue=new.queue,
+                payload=new.payload,
+                status=PENDING,
+                attempts=0,
+                max_attempts=new.max_attempts,
+                timeout_seconds=new.timeout_seconds,
+                idempotency_key=new.idempotency_key,
+                cancel_requested=False,
+                run_at=run_at,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(*tasks.c)
+        )
+        if new.idempotency_key is not None:
+            stmt = self._on_key_conflict_do_nothing(stmt)
+        row = (await conn.execute(stmt)).mappings().first()
+        if row is None:  # a concurrent request with the same key won the race
+            existing = await self._by_idempotency_key(conn, new.idempotency_key or "")
+            if existing is None:  # pragma: no cover - the winner's row is committed
+                raise InvalidTransition("idempotency key conflict could not be resolved")
+            return Enqueued(existing, created=False)
+        await self._dispatch(conn, [row])
+        return Enqueued(row_to_task(row), created=True)
+
+    def _insert_task(self) -> Any:
+        return insert(tasks)
+
+    def _on_key_conflict_do_nothing(self, stmt: Any) -> Any:
+        return stmt.on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
+
+    async def _by_idempotency_key(self, conn: AsyncConnection, key: str) -> Task | None:
+        row = (
+            (await conn.execute(select(tasks).where(tasks.c.idempotency_key == key)))
+            .mappings()
+            .first()
+        )
+        return row_to_task(row) if row else None
+
+    async def get(self, task_id: int) -> Task | None:
+        async with self._tx() as conn:
+            row = (
+                (await conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings().first()
+            )
+        return row_to_task(row) if row else None
+
+    async def list_tasks(
+        self, task_filter: TaskFilter, *, before_id: int | None, limit: int
+    ) -> list[Task]:
+        stmt = select(tasks).order_by(tasks.c.id.desc()).limit(limit)
+        if task_filter.status is not None:
+            stmt = stmt.where(tasks.c.status == task_filter.status.value)
+        if task_filter.name is not None:
+            stmt = stmt.where(tasks.c.name == task_filter.name)
+        if task_filter.queue is not None:
+            stmt = stmt.where(tasks.c.queue == task_filter.queue)
+        if before_id is not None:
+            stmt = stmt.where(tasks.c.id < before_id)
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [row_to_task(row) for row in rows]
+
+    async def _explain_refusal(self, conn: AsyncConnection, task_id: int, action: str) -> None:
+        row = (await conn.execute(select(tasks.c.status).where(tasks.c.id == task_id))).first()
+        if row is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        raise InvalidTransition(f"task {task_id} is {row.status} and cannot be {action}")
+
+    async def cancel(self, task_id: int) -> Task:
+        now = self._now()
+        async with self._tx() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        update(tasks)
+                        .where(tasks.c.id == task_id, tasks.c.status == PENDING)
+                        .values(status=CANCELLED, finished_at=now, updated_at=now)
+                        .returning(*tasks.c)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is not None:
+                await conn.execute(delete(outbox).where(outbox.c.task_id == task_id))
+                return row_to_task(row)
+            row = (
+                (
+                    await conn.execute(
+                        update(tasks)
+                        .where(tasks.c.id == task_id, tasks.c.status == PROCESSING)
+                        .values(cancel_requested=True, updated_at=now)
+                        .returning(*tasks.c)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is not None:
+                return row_to_task(row)
+            await self._explain_refusal(conn, task_id, "cancelled")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def retry(self, task_id: int) -> Task:
+        now = self._now()
+        async with self._tx() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        update(tasks)
+                        .where(tasks.c.id == task_id, tasks.c.status.in_([FAILED, CANCELLED]))
+                        .values(
+                            status=PENDING,
+                            attempts=0,
+                            result=None,
+                            error=None,
+                            traceback=None,
+                            cancel_requested=False,
+                            run_at=now,
+                            finished_at=None,
+                            updated_at=now,
+                        )
+                        .returning(*tasks.c)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                await self._explain_refusal(conn, task_id, "retried")
+                raise AssertionError("unreachable")  # pragma: no cover
+            await self._dispatch(conn, [row])
+        return row_to_task(row)
+
+    # -- workers -------------------------------------------------------------------
+    async def claim(
+        self, task_id: int, worker_id: str, lease_seconds: float, default_max_attempts: int
+    ) -> Task | None:
+        now = self._now()
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.status == PENDING, tasks.c.run_at <= now)
+            .values(
+                status=PROCESSING,
+                attempts=tasks.c.attempts + 1,
+                max_attempts=func.coalesce(tasks.c.max_attempts, default_max_attempts),
+                worker_id=worker_id,
+                lease_expires_at=self._later(lease_seconds),
+                started_at=now,
+                updated_at=now,
+            )
+            .returning(*tasks.c)
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return row_to_task(row) if row else None
+
+    def _owned(self, run: RunRef) -> ColumnElement[bool]:
+        return and_(
+            tasks.c.id == run.task_id,
+            tasks.c.status == PROCESSING,
+            tasks.c.attempts == run.attempt,
+            tasks.c.worker_id == run.worker_id,
+        )
+
+    async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[int, bool]:
+        if not runs:
+            return {}
+        keys = [(run.task_id, run.attempt, run.worker_id) for run in runs]
+        stmt = (
+            update(tasks)
+            .where(
+                tasks.c.status == PROCESSING,
+                tuple_(tasks.c.id, tasks.c.attempts, tasks.c.worker_id).in_(keys),
+            )
+            .values(lease_expires_at=self._later(lease_seconds))
+            .returning(tasks.c.id, tasks.c.cancel_requested)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {row.id: bool(row.cancel_requested) for row in rows}
+
+    async def _finish(self, run: RunRef, **values: Any) -> bool:
+        now = self._now()
+        stmt = (
+            update(tasks)
+            .where(self._owned(run))
+            .values(lease_expires_at=None, finished_at=now, updated_at=now, **values)
+            .returning(tasks.c.id)
+        )
+        async with self._tx() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def complete(self, run: RunRef, result: Any) -> bool:
+        return await self._finish(run, status=DONE, result=result, error=None, traceback=None)
+
+    async def fail(self, run: RunRef, error: str, traceback: str | None) -> bool:
+        return await self._finish(run, status=FAILED, error=error, traceback=traceback)
+
+    async def mark_cancelled(self, run: RunRef) -> bool:
+        return await self._finish(run, status=CANCELLED, error="cancelled on request")
+
+    async def _back_to_pending(
+        self, run: RunRef, run_at: ColumnElement[datetime], **values: Any
+    ) -> bool:
+        stmt = (
+            update(tasks)
+            .where(self._owned(run))
+            .values(
+                status=PENDING,
+                run_at=run_at,
+                worker_id=None,
+                lease_expires_at=None,
+                updated_at=self._now(),
+                **values,
+            )
+            .returning(*tasks.c)
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                return False
+            await self._dispatch(conn, [row])
+        return True
+
+    async def retry_later(
+        self, run: RunRef, error: str, traceback: str | None, delay_seconds: float
+    ) -> bool:
+        return await self._back_to_pending(
+            run, self._later(delay_seconds), error=error, traceback=traceback
+        )
+
+    async def release(self, run: RunRef) -> bool:
+        return await self._back_to_pending(run, self._now(), attempts=tasks.c.attempts - 1)
+
+    async def fail_unrunnable(self, task_id: int, error: str) -> bool:
+        now = self._now()
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.status == PENDING)
+            .values(status=FAILED, error=error, finished_at=now, updated_at=now)
+            .returning(tasks.c.id)
+        )
+        async with self._tx() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    # -- maintenance ---------------------------------------------------------------
+    async def rescue_expired(self, limit: int) -> list[RescuedTask]:
+        now = self._now()
+        expired = (
+            select(tasks.c.id)
+            .where(tasks.c.status == PROCESSING, tasks.c.lease_expires_at < now)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        exhausted = tasks.c.attempts >= func.coalesce(tasks.c.max_attempts, 1)
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(expired), tasks.c.status == PROCESSING)
+            .values(
+                status=case((exhausted, FAILED), else_=PENDING),
+                error="lease expired: the worker stopped heartbeating",
+                finished_at=case((exhausted, now), else_=None),
+                run_at=now,
+                worker_id=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(*tasks.c)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+            await self._dispatch(conn, [row for row in rows if row["status"] == PENDING])
+        return [
+            RescuedTask(
+                task_id=row["id"], status=TaskStatus(row["status"]), attempts=row["attempts"]
+            )
+            for row in rows
+        ]
+
+    async def redispatch_stale(self, older_than_seconds: float, limit: int) -> int:
+        now = self._now()
+        stale = (
+            select(tasks.c.id)
+            .where(
+                tasks.c.status == PENDING,
+                tasks.c.run_at <= now,
+                tasks.c.updated_at < self._later(-older_than_seconds),
+                ~exists().where(outbox.c.task_id == tasks.c.id),
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(stale), tasks.c.status == PENDING)
+            .values(updated_at=now)
+            .returning(tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.run_at)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+            await self._dispatch(conn, rows)
+        return len(rows)
+
+    async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
+        now = self._now()
+        due = (
+            select(outbox.c.id)
+            .where(
+                outbox.c.available_at <= now,
+                or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+            )
+            .order_by(outbox.c.available_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(outbox)
+            .where(outbox.c.id.in_(due))
+            .values(claimed_until=self._later(claim_seconds))
+            .returning(outbox.c.id, outbox.c.task_id, outbox.c.queue, outbox.c.name)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        entries = [
+            OutboxEntry(id=r.id, task_id=r.task_id, queue=r.queue, name=r.name) for r in rows
+        ]
+        entries.sort(key=lambda entry: entry.id)
+        return entries
+
+    async def release_outbox(self, entry_ids: Sequence[int]) -> None:
+        if not entry_ids:
+            return
+        async with self._tx() as conn:
+            await conn.execute(
+                update(outbox).where(outbox.c.id.in_(list(entry_ids))).values(claimed_until=None)
+            )
+
+    async def delete_outbox(self, entry_ids: Sequence[int]) -> None:
+        if not entry_ids:
+            return
+        async with self._tx() as conn:
+            await conn.execute(delete(outbox).where(outbox.c.id.in_(list(entry_ids))))

@@ -1,0 +1,103 @@
+"""The schema, as SQLAlchemy Core tables; Alembic migrations must produce exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from krolik.states import TaskStatus
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+"""SQLite only auto-numbers an INTEGER PRIMARY KEY."""
+JsonValue = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+_status_list = ", ".join(f"'{s.value}'" for s in TaskStatus)
+
+tasks = Table(
+    "krolik_tasks",
+    metadata,
+    Column("id", Id, Identity(), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("payload", JsonValue, nullable=True),
+    Column("status", Text, nullable=False),
+    Column("result", JsonValue, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=True),
+    # NULL until the first claim: then the handler's own default is written in.
+    Column("timeout_seconds", Float, nullable=True),
+    Column("idempotency_key", Text, nullable=True),
+    Column("worker_id", Text, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("run_at", Timestamp, nullable=False),
+    Column("lease_expires_at", Timestamp, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("started_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=True),
+    CheckConstraint(f"status IN ({_status_list})", name="status"),
+    CheckConstraint("attempts >= 0", name="attempts"),
+    CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
+    Index("ix_krolik_tasks_idempotency_key", "idempotency_key", unique=True),
+    Index("ix_krolik_tasks_queue_status", "queue", "status"),
+    Index("ix_krolik_tasks_status_id", "status", "id"),
+    Index("ix_krolik_tasks_name_id", "name", "id"),
+    Index(
+        "ix_krolik_tasks_pending_run_at",
+        "run_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_krolik_tasks_processing_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'processing'"),
+        sqlite_where=text("status = 'processing'"),
+    ),
+)
+
+outbox = Table(
+    "krolik_outbox",
+    metadata,
+    Column("id", Id, Identity(), primary_key=True),
+    Column(
+        "task_id",
+        Id,
+        ForeignKey(tasks.c.id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("queue", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("available_at", Timestamp, nullable=False),
+    Column("claimed_until", Timestamp, nullable=True),
+    Index("ix_krolik_outbox_available_at", "available_at"),
+    Index("ix_krolik_outbox_task_id", "task_id"),
+)

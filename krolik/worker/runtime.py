@@ -1,0 +1,326 @@
+"""The worker: deliveries in, claims in the store, handlers run, outcomes recorded.
+
+Order of events for one delivery: parse -> wait for a free slot -> claim in the
+store (guarded: pending -> processing) -> ack the message -> run the handler while
+the heartbeat extends the lease -> record the outcome (guarded by attempt and
+worker). Acking right after the claim means a task may run far longer than
+RabbitMQ's consumer timeout; the lease, not the unacked message, protects it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from krolik.broker.base import Broker, Delivery, MalformedMessage, Subscription, TaskMessage
+from krolik.errors import StoreError, StoreUnavailable
+from krolik.log import get_logger
+from krolik.registry import Registry
+from krolik.retry import BackoffPolicy
+from krolik.service import LoopService
+from krolik.settings import Settings
+from krolik.store.base import RunRef, Task, TaskStore
+from krolik.worker.executor import Outcome, OutcomeKind, Run, StopReason, execute
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class WorkerHooks(Protocol):
+    """Observers of task execution (metrics, tracing); the worker core knows nothing more."""
+
+    def task_started(self, task: Task) -> None: ...
+
+    def task_finished(self, task: Task, outcome: Outcome, seconds: float) -> None: ...
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    released: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class _Heartbeat(LoopService):
+    name = "heartbeat"
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(worker.settings.worker.heartbeat_seconds)
+        self.worker = worker
+
+    async def tick(self) -> bool:
+        await self.worker.beat()
+        return False
+
+
+class Worker:
+    def __init__(
+        self,
+        store: TaskStore,
+        broker: Broker,
+        registry: Registry,
+        settings: Settings,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        hooks: Sequence[WorkerHooks] = (),
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.registry = registry
+        self.settings = settings
+        self.queues = list(queues or settings.worker.queues)
+        self.concurrency = concurrency or settings.worker.concurrency
+        self.worker_id = worker_id or new_worker_id()
+        self.hooks = list(hooks)
+        self.backoff = BackoffPolicy(
+            settings.retry.backoff_base_seconds, settings.retry.backoff_max_seconds
+        )
+        self.stats = WorkerStats()
+        self.runs: dict[int, Run] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._accepting = False
+        self._claiming = 0
+        self._changed = asyncio.Event()
+        self._subscription: Subscription | None = None
+        self._heartbeat = _Heartbeat(self)
+        self._last_beat = time.monotonic()
+        self._log = log.bind(worker_id=self.worker_id)
+
+    # -- life cycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        await self.broker.connect()
+        self._accepting = True
+        prefetch = max(self.settings.rabbitmq.prefetch_count, self.concurrency)
+        self._subscription = await self.broker.consume(self.queues, prefetch, self._on_delivery)
+        self._last_beat = time.monotonic()
+        self._heartbeat.start()
+        self._log.info(
+            "worker_started",
+            queues=self.queues,
+            concurrency=self.concurrency,
+            handlers=sorted(self.registry.handlers),
+        )
+
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop taking tasks, let running ones finish within the grace, release the rest."""
+        grace = (
+            self.settings.worker.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        )
+        self._accepting = False
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
+        self._log.info("worker_draining", running=len(self.runs), grace_seconds=grace)
+        await self._wait_idle(time.monotonic() + grace)
+        for run in list(self.runs.values()):
+            run.stop(StopReason.SHUTDOWN)
+        await self._wait_idle(time.monotonic() + 10)
+        await self._heartbeat.stop()
+        self._log.info("worker_stopped", **vars(self.stats))
+
+    async def _wait_idle(self, deadline: float) -> None:
+        while (self.runs or self._claiming) and (left := deadline - time.monotonic()) > 0:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def wait_for_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no task is claimed or running (test signal)."""
+        await asyncio.wait_for(self._wait_idle(float("inf")), timeout)
+
+    # -- deliveries ----------------------------------------------------------------
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            message = TaskMessage.decode(delivery.body)
+        except MalformedMessage as exc:
+            self._log.error("message_dead_lettered", reason=str(exc))
+            self.stats.dead_lettered += 1
+            await delivery.dead_letter(str(exc))
+            return
+        handler = self.registry.handlers.get(message.name)
+        if handler is None:
+            reason = f"no handler is registered under the name {message.name!r}"
+            self._log.error("message_dead_lettered", task_id=message.task_id, reason=reason)
+            self.stats.dead_lettered += 1
+            try:
+                await self.store.fail_unrunnable(message.task_id, reason)
+            except StoreError:
+                await self._requeue_later(delivery)
+                return
+            await delivery.dead_letter(reason)
+            return
+        await self._slots.acquire()
+        if not self._accepting:
+            self._slots.release()
+            await self._settle(delivery.requeue())
+            return
+        self._claiming += 1
+        try:
+            task = await self.store.claim(
+                message.task_id,
+                self.worker_id,
+                self.settings.worker.lease_seconds,
+                handler.max_attempts or self.settings.retry.default_max_attempts,
+            )
+        except StoreError as exc:
+            self._slots.release()
+            self._log.warning("claim_failed", task_id=message.task_id, error=str(exc))
+            await self._requeue_later(delivery)
+            return
+        finally:
+            self._claiming -= 1
+            self._notify()
+        if task is None:
+            self._slots.release()
+            self.stats.skipped += 1
+            self._log.info(
+                "delivery_skipped",
+                task_id=message.task_id,
+                redelivered=delivery.redelivered,
+                reason="not claimable: duplicate, stale, cancelled or not yet due",
+            )
+            await self._settle(delivery.ack())
+            return
+        await self._settle(delivery.ack())
+        self.stats.claimed += 1
+        ref = RunRef(task.id, task.attempts, self.worker_id)
+        run = Run(
+            task=task,
+            ref=ref,
+            handler=handler,
+            timeout_seconds=task.timeout_seconds or handler.timeout_seconds,
+        )
+        self.runs[task.id] = run
+        runner = asyncio.create_task(self._run(run), name=f"krolik-task-{task.id}")
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+
+    async def _settle(self, action: Awaitable[None]) -> None:
+        """Ack or requeue; a closed channel already gave the message back."""
+        try:
+            await action
+        except Exception as exc:
+            self._log.debug("settle_failed", error=str(exc))
+
+    async def _requeue_later(self, delivery: Delivery) -> None:
+        await asyncio.sleep(1.0)  # the store is down: do not spin on the message
+        await self._settle(delivery.requeue())
+
+    # -- runs ----------------------------------------------------------------------
+    async def _run(self, run: Run) -> None:
+        task = run.task
+        bound = self._log.bind(
+            task_id=task.id, attempt=run.ref.attempt, queue=task.queue, name=task.name
+        )
+        started = time.monotonic()
+        try:
+            for hook in self.hooks:
+                hook.task_started(task)
+            bound.info("task_started")
+            outcome = await execute(run)
+            await self._record(run, outcome)
+            for hook in self.hooks:
+                hook.task_finished(task, outcome, time.monotonic() - started)
+        except Exception:
+            bound.exception("task_run_crashed")
+        finally:
+            self.runs.pop(task.id, None)
+            self._slots.release()
+            self._notify()
+
+    async def _record(self, run: Run, outcome: Outcome) -> None:
+        ref, task = run.ref, run.task
+        logger = self._log.bind(task_id=task.id, attempt=ref.attempt, queue=task.queue)
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            if await self._persist(lambda: self.store.complete(ref, outcome.result)):
+                self.stats.succeeded += 1
+                logger.info("task_succeeded")
+            else:
+                logger.warning("task_result_discarded", reason="the lease was taken over")
+        elif outcome.kind is OutcomeKind.FAILED:
+            error = outcome.error or "failed"
+            max_attempts = task.max_attempts or 1
+            if ref.attempt < max_attempts:
+                delay = self.backoff.delay(ref.attempt)
+                if await self._persist(
+                    lambda: self.store.retry_later(ref, error, outcome.traceback, delay)
+                ):
+                    self.stats.retried += 1
+                    logger.warning("task_retry_scheduled", error=error, delay_seconds=delay)
+            elif await self._persist(lambda: self.store.fail(ref, error, outcome.traceback)):
+                self.stats.failed += 1
+                logger.error("task_failed", error=error)
+        elif outcome.stop_reason is StopReason.CANCEL_REQUESTED:
+            if await self._persist(lambda: self.store.mark_cancelled(ref)):
+                self.stats.cancelled += 1
+                logger.info("task_cancelled")
+        elif outcome.stop_reason is StopReason.SHUTDOWN:
+            if await self._persist(lambda: self.store.release(ref)):
+                self.stats.released += 1
+                logger.info("task_released", reason="worker shutdown")
+        else:
+            logger.warning("task_abandoned", reason="the lease was lost")
+
+    async def _persist(self, write: Callable[[], Awaitable[bool]]) -> bool:
+        """Retry a write while the store is unreachable, as long as our lease could last."""
+        deadline = time.monotonic() + self.settings.worker.lease_seconds
+        delay = 0.1
+        while True:
+            try:
+                return await write()
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    self._log.error("outcome_not_recorded", error=str(exc))
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- heartbeat -----------------------------------------------------------------
+    async def beat(self) -> None:
+        """Extend every running lease; stop runs whose lease was lost or that were cancelled."""
+        runs = list(self.runs.values())
+        now = time.monotonic()
+        if not runs:
+            self._last_beat = now
+            return
+        try:
+            answer = await self.store.heartbeat(
+                [run.ref for run in runs], self.settings.worker.lease_seconds
+            )
+        except StoreError as exc:
+            self._log.warning("heartbeat_failed", error=str(exc))
+            if now - self._last_beat > self.settings.worker.lease_seconds:
+                for run in runs:
+                    run.stop(StopReason.LEASE_LOST)
+            return
+        self._last_beat = now
+        for run in runs:
+            if run.ref.task_id not in answer:
+                if self.runs.get(run.ref.task_id) is run:  # not just finished
+                    self._log.warning("lease_lost", task_id=run.ref.task_id)
+                    run.stop(StopReason.LEASE_LOST)
+            elif answer[run.ref.task_id]:
+                run.stop(StopReason.CANCEL_REQUESTED)
