@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -138,6 +139,27 @@ async def _run_worker(
         await rescuer.stop()
         await broker.close()
         await store.close()
+
+
+@cli.command()
+def dev(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    app: AppOption = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="SQLite file that holds the tasks (default: APP__EMBEDDED__PATH)."),
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Tasks run at once.")] = None,
+) -> None:
+    """Run everything in one process with no servers: API, relay, worker, on SQLite."""
+    from krolik.embedded import run_embedded
+
+    settings = load_settings()
+    if data is not None:
+        settings.embedded.path = str(data)
+    registry = load_registry(app)
+    asyncio.run(run_embedded(settings, registry, host=host, port=port, concurrency=concurrency))
 
 
 @cli.command()

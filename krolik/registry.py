@@ -6,12 +6,13 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from krolik.errors import ConfigurationError, UnknownHandler
 
 JSON = Any
 HandlerFunc = Callable[..., Any]
+F = TypeVar("F", bound=HandlerFunc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +51,24 @@ class Registry:
 
     handlers: dict[str, Handler] = field(default_factory=dict)
 
+    @overload
+    def task(self, func: F, /) -> F: ...
+
+    @overload
+    def task(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]: ...
+
     def task(
         self,
         func: HandlerFunc | None = None,
+        /,
         *,
         name: str | None = None,
         max_attempts: int | None = None,
@@ -60,7 +76,7 @@ class Registry:
     ) -> Any:
         """Register ``func`` as a handler; usable as ``@task`` or ``@task(name=...)``."""
 
-        def register(f: HandlerFunc) -> HandlerFunc:
+        def register(f: F) -> F:
             self.add(f, name=name, max_attempts=max_attempts, timeout=timeout)
             return f
 

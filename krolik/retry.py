@@ -22,4 +22,4 @@ class BackoffPolicy:
             raise ValueError("attempt is 1-based")
         cap = min(self.max_seconds, self.base_seconds * (2 ** min(attempt - 1, 62)))
         draw = (rng or random).uniform(0.5, 1.0)
-        return cap * draw
+        return float(cap * draw)

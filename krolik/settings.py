@@ -77,6 +77,13 @@ class ApiSettings(BaseModel):
     default_page_size: int = Field(50, ge=1, le=1000)
 
 
+class EmbeddedSettings(BaseModel):
+    """The embedded mode (``krolik dev``): SQLite file and in-process broker."""
+
+    path: str = "krolik.sqlite3"
+    """The SQLite file, relative to the current folder unless absolute."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -94,4 +101,5 @@ class Settings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     default_queue: str = "default"

@@ -40,9 +40,15 @@ def create_app(
     store: TaskStore | None = None,
     broker: Broker | None = None,
 ) -> FastAPI:
-    """Build the API. ``store``/``broker`` override the ones the settings pick (tests, dev)."""
+    """Build the API. ``store``/``broker`` override the ones the settings pick (tests, dev).
+
+    Whoever creates the store and broker closes them: the app closes only its own.
+    """
     the_store = store or build_store(settings)
     the_broker = broker or build_broker(settings)
+    owned = [
+        resource for resource, given in ((the_broker, broker), (the_store, store)) if given is None
+    ]
     relay = OutboxRelay(the_store, the_broker, settings.relay) if settings.relay.enabled else None
 
     @asynccontextmanager
@@ -62,8 +68,8 @@ def create_app(
                 connector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await connector
-            await the_broker.close()
-            await the_store.close()
+            for resource in owned:
+                await resource.close()
 
     app = FastAPI(
         title="Krolik",

@@ -90,6 +90,8 @@ class RabbitMQBroker(Broker):
         self._exchange: AbstractExchange | None = None
         self._dead_exchange: AbstractExchange | None = None
         self._declared: set[str] = set()
+        self.queue_names: set[str] = {topology.dead_letter_queue}
+        """Every RabbitMQ queue this broker declared (tests delete them afterwards)."""
         self._declare_lock = asyncio.Lock()
 
     async def _connect(self) -> AbstractRobustConnection:
@@ -140,6 +142,7 @@ class RabbitMQBroker(Broker):
 
     async def declare_queue(self, channel: AbstractChannel, krolik_queue: str) -> AbstractQueue:
         spec = self.topology.queue(krolik_queue)
+        self.queue_names.add(spec.name)
         queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
         await queue.bind(self.topology.exchange, routing_key=spec.routing_key)
         return queue

@@ -179,6 +179,10 @@ class TaskStore(ABC):
         """Return runs whose lease expired to pending, or fail them if out of attempts."""
 
     @abstractmethod
+    async def expire_all_leases(self) -> int:
+        """End every running lease now, for the rescuer to take (single-owner start-up)."""
+
+    @abstractmethod
     async def redispatch_stale(self, older_than_seconds: float, limit: int) -> int:
         """Queue an outbox row again for due pending tasks that have none."""
 

@@ -146,7 +146,7 @@ class SqlTaskStore(TaskStore):
             if existing is not None:
                 return Enqueued(existing, created=False)
         if new.run_at is not None:
-            run_at: ColumnElement[datetime] = literal(new.run_at)
+            run_at: ColumnElement[datetime] = literal(new.run_at.astimezone(UTC))
         elif new.delay_seconds:
             run_at = self._later(new.delay_seconds)
         else:
@@ -436,6 +436,16 @@ class SqlTaskStore(TaskStore):
             )
             for row in rows
         ]
+
+    async def expire_all_leases(self) -> int:
+        stmt = (
+            update(tasks)
+            .where(tasks.c.status == PROCESSING)
+            .values(lease_expires_at=self._later(-1))
+            .returning(tasks.c.id)
+        )
+        async with self._tx() as conn:
+            return len((await conn.execute(stmt)).all())
 
     async def redispatch_stale(self, older_than_seconds: float, limit: int) -> int:
         now = self._now()

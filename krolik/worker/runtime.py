@@ -105,6 +105,11 @@ class Worker:
         self._log = log.bind(worker_id=self.worker_id)
 
     # -- life cycle ----------------------------------------------------------------
+    @property
+    def accepting(self) -> bool:
+        """Started and not yet told to stop."""
+        return self._accepting
+
     async def start(self) -> None:
         await self.broker.connect()
         self._accepting = True

@@ -1,0 +1,175 @@
+"""The in-process broker of the embedded mode: asyncio queues, no server.
+
+It only wakes workers in the same process; the store stays the truth. What it
+holds is lost when the process ends, which is why ``krolik dev`` re-dispatches
+due pending tasks from the store when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from krolik.broker.base import Broker, Delivery, DeliveryHandler, Subscription, TaskMessage
+from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER
+from krolik.errors import BrokerUnavailable
+
+
+@dataclass
+class _Queue:
+    messages: deque[tuple[bytes, bool]] = field(default_factory=deque)
+    """(body, redelivered) waiting for a consumer."""
+    ready: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+class MemoryDelivery(Delivery):
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        queue: str,
+        body: bytes,
+        redelivered: bool,
+        on_settled: asyncio.Semaphore,
+    ) -> None:
+        self._broker = broker
+        self._queue = queue
+        self.body = body
+        self.redelivered = redelivered
+        self._on_settled = on_settled
+        self._settled = False
+
+    def _settle(self) -> bool:
+        if self._settled:
+            return False
+        self._settled = True
+        self._on_settled.release()
+        return True
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def requeue(self) -> None:
+        if self._settle():
+            await self._broker.put(self._queue, self.body, redelivered=True)
+
+    async def dead_letter(self, reason: str) -> None:
+        if self._settle():
+            self._broker.dead.append(
+                (self.body, {REASON_HEADER: reason, ORIGIN_HEADER: self._queue})
+            )
+
+    def give_back(self) -> bool:
+        """An unsettled delivery returns to its queue when its consumer goes away."""
+        return not self._settled and self._settle()
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self.tasks: list[asyncio.Task[None]] = []
+        self.unsettled: set[MemoryDelivery] = set()
+        self.handlers: set[asyncio.Task[None]] = set()
+
+    async def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.tasks.clear()
+        for delivery in list(self.unsettled):
+            if delivery.give_back():
+                await self._broker.put(delivery._queue, delivery.body, redelivered=True)
+        self.unsettled.clear()
+
+
+class MemoryBroker(Broker):
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self.dead: list[tuple[bytes, dict[str, Any]]] = []
+        self._connected = False
+
+    def _queue(self, name: str) -> _Queue:
+        return self._queues.setdefault(name, _Queue())
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+
+    async def ping(self) -> None:
+        if not self._connected:
+            raise BrokerUnavailable("the in-process broker is closed")
+
+    async def put(self, queue: str, body: bytes, *, redelivered: bool = False) -> None:
+        target = self._queue(queue)
+        async with target.ready:
+            target.messages.append((body, redelivered))
+            target.ready.notify()
+
+    async def publish(self, messages: Sequence[TaskMessage]) -> None:
+        await self.ping()
+        for message in messages:
+            await self.put(message.queue, message.encode())
+
+    async def publish_raw(self, queue: str, body: bytes) -> None:
+        """Put any bytes on a queue (tests of malformed messages)."""
+        await self.put(queue, body)
+
+    def depth(self, queue: str) -> int:
+        return len(self._queue(queue).messages)
+
+    async def consume(
+        self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
+    ) -> Subscription:
+        subscription = MemorySubscription(self)
+        window = asyncio.Semaphore(prefetch)
+        for name in queues:
+            subscription.tasks.append(
+                asyncio.create_task(self._pump(name, window, handler, subscription))
+            )
+        return subscription
+
+    async def _pump(
+        self,
+        name: str,
+        window: asyncio.Semaphore,
+        handler: DeliveryHandler,
+        subscription: MemorySubscription,
+    ) -> None:
+        queue = self._queue(name)
+        while True:
+            await window.acquire()
+            async with queue.ready:
+                while not queue.messages:
+                    try:
+                        await queue.ready.wait()
+                    except asyncio.CancelledError:
+                        window.release()
+                        raise
+                body, redelivered = queue.messages.popleft()
+            delivery = MemoryDelivery(self, name, body, redelivered, window)
+            subscription.unsettled.add(delivery)
+            task = asyncio.create_task(self._handle(handler, delivery, subscription))
+            subscription.handlers.add(task)
+            task.add_done_callback(subscription.handlers.discard)
+
+    async def _handle(
+        self,
+        handler: DeliveryHandler,
+        delivery: MemoryDelivery,
+        subscription: MemorySubscription,
+    ) -> None:
+        try:
+            await handler(delivery)
+        finally:
+            if delivery._settled:
+                subscription.unsettled.discard(delivery)
+
+    async def dead_lettered(self, limit: int = 100) -> list[tuple[bytes, dict[str, Any]]]:
+        return self.dead[:limit]

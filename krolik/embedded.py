@@ -1,0 +1,142 @@
+"""The embedded mode: API, relay, worker and rescuer in one process, on SQLite.
+
+SQLite is the source of truth, exactly as PostgreSQL is in production; the
+in-process broker only wakes the worker. Because that broker forgets everything
+when the process ends, start-up dispatches again every due pending task that has
+no outbox row; running tasks of a killed process come back when their lease
+expires, through the rescuer, as in production.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import uvicorn
+
+from krolik.api.app import create_app
+from krolik.broker.memory import MemoryBroker
+from krolik.errors import ConfigurationError
+from krolik.log import get_logger
+from krolik.maintenance import LeaseRescuer
+from krolik.registry import Registry
+from krolik.settings import Settings
+from krolik.store.sqlite import SqliteTaskStore
+from krolik.worker import Worker
+
+log = get_logger(__name__)
+REDISPATCH_BATCH = 10_000
+
+
+@dataclass
+class Embedded:
+    """Everything ``krolik dev`` runs, built from settings; start/stop in order."""
+
+    settings: Settings
+    store: SqliteTaskStore
+    broker: MemoryBroker
+    worker: Worker
+    rescuer: LeaseRescuer
+    _lock: IO[bytes] = field(init=False, repr=False)
+
+    @classmethod
+    def build(
+        cls, settings: Settings, registry: Registry, *, concurrency: int | None = None
+    ) -> Embedded:
+        store = SqliteTaskStore(Path(settings.embedded.path).resolve())
+        broker = MemoryBroker()
+        worker = Worker(store, broker, registry, settings, concurrency=concurrency)
+        return cls(settings, store, broker, worker, LeaseRescuer(store, settings.maintenance))
+
+    async def start(self) -> None:
+        self._lock = _lock_data_file(self.store.path)
+        await self.store.open()
+        await self.broker.connect()
+        # No other process can hold a lease on this file: runs of a killed process
+        # go back to pending (their attempt counted) at once instead of after the lease.
+        orphans = await self.store.expire_all_leases()
+        if orphans:
+            log.warning("orphaned_runs_found", count=orphans)
+            await self.rescuer.tick()
+        # The in-process broker lost its messages with the last process: send them again.
+        while await self.store.redispatch_stale(0, REDISPATCH_BATCH) >= REDISPATCH_BATCH:
+            pass
+        await self.worker.start()
+        self.rescuer.start()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await self.rescuer.stop()
+        await self.broker.close()
+        await self.store.close()
+        self._lock.close()
+
+
+def _lock_data_file(path: Path) -> IO[bytes]:
+    """Hold an exclusive lock beside the data file for the life of the process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = (path.parent / f"{path.name}.lock").open("wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigurationError(
+            f"another krolik dev is using {path}; stop it or choose another --data file"
+        ) from None
+    return handle
+
+
+def banner(host: str, port: int, data: Path) -> str:
+    base = f"http://{host}:{port}"
+    return "\n".join(
+        [
+            "",
+            f"Krolik (embedded mode) is listening on {base}",
+            f"  data:   {data}",
+            f"  health: {base}/health/ready",
+            "Submit a first task and read it back:",
+            f"  curl -s -X POST {base}/tasks/ -H 'Content-Type: application/json' "
+            '-d \'{"payload": "hello"}\'',
+            f"  curl -s {base}/tasks/1",
+            "Stop with Ctrl-C; tasks are kept in the data file.",
+            "",
+        ]
+    )
+
+
+async def run_embedded(
+    settings: Settings,
+    registry: Registry,
+    *,
+    host: str,
+    port: int,
+    concurrency: int | None = None,
+) -> None:
+    embedded = Embedded.build(settings, registry, concurrency=concurrency)
+    await embedded.start()
+    try:
+        app = create_app(settings, store=embedded.store, broker=embedded.broker)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=5,
+            )
+        )
+        original_startup = server.startup
+
+        async def startup(sockets: object = None) -> None:
+            await original_startup(sockets)  # type: ignore[arg-type]
+            if server.started:
+                print(banner(host, port, embedded.store.path), file=sys.stderr, flush=True)
+
+        server.startup = startup  # type: ignore[method-assign]
+        await server.serve()
+    finally:
+        await embedded.stop()

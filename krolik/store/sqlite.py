@@ -1,0 +1,68 @@
+"""The SQLite store: the source of truth of the embedded mode (``krolik dev``).
+
+The same statements as PostgreSQL (see ``sql.py``); SQLite has one writer at a
+time, so the store keeps one connection and transactions take turns on it. WAL
+with ``synchronous=NORMAL`` keeps every committed transaction across a crash of
+the process (kill -9 included).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from krolik.migrate import upgrade_async
+from krolik.store.sql import SqlTaskStore
+from krolik.store.tables import tasks
+
+
+def sqlite_url(path: Path | str) -> str:
+    return f"sqlite+aiosqlite:///{Path(path)}"
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(path: Path | str) -> AsyncEngine:
+    engine = create_async_engine(
+        sqlite_url(path),
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    return engine
+
+
+class SqliteTaskStore(SqlTaskStore):
+    """One file, one writer; migrated to the current schema when opened."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        super().__init__(create_engine(self.path))
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await upgrade_async(sqlite_url(self.path))
+
+    def _insert_task(self) -> Any:
+        return sqlite_insert(tasks)
