@@ -115,21 +115,45 @@ def worker(
     queues: Annotated[
         list[str] | None, typer.Option("--queue", "-q", help="Queue to consume (repeatable).")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve /metrics, /health and /health/ready on this port."),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics port.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
     """Run a worker: consume tasks, run handlers, rescue tasks of dead workers."""
     settings = load_settings()
     registry = load_registry(app)
-    asyncio.run(_run_worker(settings, registry, concurrency, queues))
+    asyncio.run(_run_worker(settings, registry, concurrency, queues, metrics_host, metrics_port))
 
 
 async def _run_worker(
-    settings: Settings, registry: Registry, concurrency: int | None, queues: list[str] | None
+    settings: Settings,
+    registry: Registry,
+    concurrency: int | None,
+    queues: list[str] | None,
+    metrics_host: str,
+    metrics_port: int | None,
 ) -> None:
+    from krolik.metrics import Metrics
+    from krolik.worker.probe import probe_server
+
     store, broker = build_store(settings), build_broker(settings)
+    metrics = Metrics()
+    the_worker = Worker(
+        store,
+        broker,
+        registry,
+        settings,
+        queues=queues,
+        concurrency=concurrency,
+        observer=metrics,
+    )
+    rescuer = LeaseRescuer(store, settings.maintenance, metrics)
+    probe = probe_server(the_worker, metrics, metrics_host, metrics_port) if metrics_port else None
+    serving = asyncio.create_task(probe.serve()) if probe else None
     await store.open()
     await _retrying("database", store.ping)
-    the_worker = Worker(store, broker, registry, settings, queues=queues, concurrency=concurrency)
-    rescuer = LeaseRescuer(store, settings.maintenance)
     await _retrying("rabbitmq", the_worker.start)
     rescuer.start()
     try:
@@ -137,6 +161,9 @@ async def _run_worker(
     finally:
         await the_worker.stop()
         await rescuer.stop()
+        if probe is not None and serving is not None:
+            probe.should_exit = True
+            await serving
         await broker.close()
         await store.close()
 

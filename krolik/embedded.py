@@ -22,6 +22,7 @@ from krolik.broker.memory import MemoryBroker
 from krolik.errors import ConfigurationError
 from krolik.log import get_logger
 from krolik.maintenance import LeaseRescuer
+from krolik.metrics import Metrics
 from krolik.registry import Registry
 from krolik.settings import Settings
 from krolik.store.sqlite import SqliteTaskStore
@@ -40,6 +41,7 @@ class Embedded:
     broker: MemoryBroker
     worker: Worker
     rescuer: LeaseRescuer
+    metrics: Metrics
     _lock: IO[bytes] = field(init=False, repr=False)
 
     @classmethod
@@ -48,8 +50,12 @@ class Embedded:
     ) -> Embedded:
         store = SqliteTaskStore(Path(settings.embedded.path).resolve())
         broker = MemoryBroker()
-        worker = Worker(store, broker, registry, settings, concurrency=concurrency)
-        return cls(settings, store, broker, worker, LeaseRescuer(store, settings.maintenance))
+        metrics = Metrics()
+        worker = Worker(
+            store, broker, registry, settings, concurrency=concurrency, observer=metrics
+        )
+        rescuer = LeaseRescuer(store, settings.maintenance, metrics)
+        return cls(settings, store, broker, worker, rescuer, metrics)
 
     async def start(self) -> None:
         self._lock = _lock_data_file(self.store.path)
@@ -118,7 +124,9 @@ async def run_embedded(
     embedded = Embedded.build(settings, registry, concurrency=concurrency)
     await embedded.start()
     try:
-        app = create_app(settings, store=embedded.store, broker=embedded.broker)
+        app = create_app(
+            settings, store=embedded.store, broker=embedded.broker, metrics=embedded.metrics
+        )
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

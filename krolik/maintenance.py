@@ -7,6 +7,7 @@ waits forever on a message that will not come.
 
 from __future__ import annotations
 
+from krolik.events import Observer
 from krolik.log import get_logger
 from krolik.service import LoopService
 from krolik.settings import MaintenanceSettings
@@ -20,8 +21,11 @@ BATCH = 500
 class LeaseRescuer(LoopService):
     name = "rescuer"
 
-    def __init__(self, store: TaskStore, settings: MaintenanceSettings) -> None:
+    def __init__(
+        self, store: TaskStore, settings: MaintenanceSettings, observer: Observer | None = None
+    ) -> None:
         super().__init__(settings.rescue_interval_seconds)
+        self.observer = observer or Observer()
         self.store = store
         self.settings = settings
         self.rescued = 0
@@ -37,6 +41,7 @@ class LeaseRescuer(LoopService):
                 status=task.status.value,
                 reason="lease expired",
             )
+            self.observer.task_rescued(task.task_id, task.status.value)
         self.rescued += len(rescued)
         redispatched = await self.store.redispatch_stale(
             self.settings.redispatch_after_seconds, BATCH

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from krolik.broker.base import Broker, TaskMessage
 from krolik.errors import BrokerError, BrokerUnavailable
+from krolik.events import Observer
 from krolik.log import get_logger
 from krolik.service import LoopService
 from krolik.settings import RelaySettings
@@ -21,8 +22,15 @@ log = get_logger(__name__)
 class OutboxRelay(LoopService):
     name = "relay"
 
-    def __init__(self, store: TaskStore, broker: Broker, settings: RelaySettings) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        broker: Broker,
+        settings: RelaySettings,
+        observer: Observer | None = None,
+    ) -> None:
         super().__init__(settings.poll_seconds)
+        self.observer = observer or Observer()
         self.store = store
         self.broker = broker
         self.settings = settings
@@ -55,9 +63,11 @@ class OutboxRelay(LoopService):
             await self.broker.publish(messages)
         except BrokerError as exc:
             log.warning("relay_publish_failed", error=str(exc), count=len(entries))
+            self.observer.outbox_publish_failed(len(entries))
             await self.store.release_outbox(ids)
             return False
         await self.store.delete_outbox(ids)
         self.published += len(entries)
+        self.observer.outbox_published(len(entries))
         log.debug("relay_published", count=len(entries))
         return len(entries) >= self.settings.batch_size

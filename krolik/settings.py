@@ -72,6 +72,13 @@ class MaintenanceSettings(BaseModel):
     """A due pending task older than this with nothing in the outbox is dispatched again."""
 
 
+class MetricsSettings(BaseModel):
+    stuck_after_seconds: float = Field(600.0, gt=0)
+    """A task processing longer than this counts as stuck (the seed's 10 minutes)."""
+    refresh_seconds: float = Field(5.0, ge=0)
+    """Gauges read from the store are reused for this long between scrapes."""
+
+
 class ApiSettings(BaseModel):
     max_payload_bytes: int = Field(1_048_576, ge=1)
     default_page_size: int = Field(50, ge=1, le=1000)
@@ -102,4 +109,5 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     default_queue: str = "default"

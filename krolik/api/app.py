@@ -11,11 +11,15 @@ from fastapi import FastAPI
 
 from krolik.api.errors import install_error_handlers
 from krolik.api.limits import BodySizeLimit
-from krolik.api.routes import health, tasks
+from krolik.api.request_id import RequestId
+from krolik.api.routes import health, queues, tasks
+from krolik.api.routes import metrics as metrics_route
 from krolik.broker.base import Broker
 from krolik.components import build_broker, build_store
 from krolik.errors import BrokerUnavailable
+from krolik.events import Observers
 from krolik.log import get_logger
+from krolik.metrics import HttpMetrics, Metrics, StoreGauges
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
@@ -39,17 +43,25 @@ def create_app(
     *,
     store: TaskStore | None = None,
     broker: Broker | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """Build the API. ``store``/``broker`` override the ones the settings pick (tests, dev).
 
     Whoever creates the store and broker closes them: the app closes only its own.
+    ``metrics`` lets a process share one set of metrics between the API and a worker.
     """
+    the_metrics = metrics or Metrics()
+    observer = Observers([the_metrics])
     the_store = store or build_store(settings)
     the_broker = broker or build_broker(settings)
     owned = [
         resource for resource, given in ((the_broker, broker), (the_store, store)) if given is None
     ]
-    relay = OutboxRelay(the_store, the_broker, settings.relay) if settings.relay.enabled else None
+    relay = (
+        OutboxRelay(the_store, the_broker, settings.relay, observer)
+        if settings.relay.enabled
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,8 +96,18 @@ def create_app(
     app.state.store = the_store
     app.state.broker = the_broker
     app.state.relay = relay
-    app.include_router(tasks.router)
-    app.include_router(health.router)
+    app.state.observer = observer
+    app.state.metrics = the_metrics
+    app.state.gauges = StoreGauges(
+        the_store,
+        settings.metrics.stuck_after_seconds,
+        max_age_seconds=settings.metrics.refresh_seconds,
+    )
+    for router in (tasks.router, queues.router, health.router, metrics_route.router):
+        app.include_router(router)
     install_error_handlers(app)
+    # The last added runs first: request id, then metrics, then the body limit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_payload_bytes)
+    app.add_middleware(HttpMetrics, metrics=the_metrics)
+    app.add_middleware(RequestId)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from krolik.broker.base import Broker
+from krolik.events import Observer
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
@@ -32,6 +33,12 @@ def _relay(request: Request) -> OutboxRelay | None:
     return relay
 
 
+def _observer(request: Request) -> Observer:
+    observer: Observer = request.app.state.observer
+    return observer
+
+
+ObserverDep = Annotated[Observer, Depends(_observer)]
 StoreDep = Annotated[TaskStore, Depends(_store)]
 BrokerDep = Annotated[Broker, Depends(_broker)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

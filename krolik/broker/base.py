@@ -72,6 +72,13 @@ class Subscription(ABC):
         """Stop receiving; unsettled deliveries go back to the queue."""
 
 
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    messages: int
+    """Messages ready for delivery."""
+    consumers: int
+
+
 class Broker(ABC):
     @abstractmethod
     async def connect(self) -> None:
@@ -92,6 +99,10 @@ class Broker(ABC):
     async def consume(
         self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
     ) -> Subscription: ...
+
+    @abstractmethod
+    async def inspect_queue(self, krolik_queue: str) -> QueueInfo | None:
+        """Depth and consumer count of a queue; None if the broker does not have it."""
 
     @abstractmethod
     async def dead_lettered(self, limit: int = 100) -> list[tuple[bytes, dict[str, Any]]]:

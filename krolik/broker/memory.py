@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from krolik.broker.base import Broker, Delivery, DeliveryHandler, Subscription, TaskMessage
+from krolik.broker.base import (
+    Broker,
+    Delivery,
+    DeliveryHandler,
+    QueueInfo,
+    Subscription,
+    TaskMessage,
+)
 from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER
 from krolik.errors import BrokerUnavailable
 
@@ -91,6 +98,7 @@ class MemoryBroker(Broker):
     def __init__(self) -> None:
         self._queues: dict[str, _Queue] = {}
         self.dead: list[tuple[bytes, dict[str, Any]]] = []
+        self._consumers: dict[str, int] = {}
         self._connected = False
 
     def _queue(self, name: str) -> _Queue:
@@ -143,6 +151,20 @@ class MemoryBroker(Broker):
         subscription: MemorySubscription,
     ) -> None:
         queue = self._queue(name)
+        self._consumers[name] = self._consumers.get(name, 0) + 1
+        try:
+            await self._deliver_forever(name, queue, window, handler, subscription)
+        finally:
+            self._consumers[name] -= 1
+
+    async def _deliver_forever(
+        self,
+        name: str,
+        queue: _Queue,
+        window: asyncio.Semaphore,
+        handler: DeliveryHandler,
+        subscription: MemorySubscription,
+    ) -> None:
         while True:
             await window.acquire()
             async with queue.ready:
@@ -170,6 +192,13 @@ class MemoryBroker(Broker):
         finally:
             if delivery._settled:
                 subscription.unsettled.discard(delivery)
+
+    async def inspect_queue(self, krolik_queue: str) -> QueueInfo | None:
+        if krolik_queue not in self._queues:
+            return None
+        return QueueInfo(
+            messages=self.depth(krolik_queue), consumers=self._consumers.get(krolik_queue, 0)
+        )
 
     async def dead_lettered(self, limit: int = 100) -> list[tuple[bytes, dict[str, Any]]]:
         return self.dead[:limit]

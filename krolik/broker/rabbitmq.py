@@ -22,7 +22,14 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from krolik.broker.base import Broker, Delivery, DeliveryHandler, Subscription, TaskMessage
+from krolik.broker.base import (
+    Broker,
+    Delivery,
+    DeliveryHandler,
+    QueueInfo,
+    Subscription,
+    TaskMessage,
+)
 from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER, Topology
 from krolik.errors import BrokerError, BrokerUnavailable
 from krolik.log import get_logger
@@ -219,6 +226,21 @@ class RabbitMQBroker(Broker):
             tag = await queue.consume(on_message, no_ack=False)
             consumers.append((queue, tag))
         return RabbitSubscription(channel, consumers)
+
+    async def inspect_queue(self, krolik_queue: str) -> QueueInfo | None:
+        if self._publisher is None:
+            raise BrokerUnavailable("RabbitMQ is not connected")
+        name = self.topology.queue(krolik_queue).name
+        channel = await self._publisher.channel()
+        try:
+            declared = await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return None  # RabbitMQ closes the channel for a queue it does not have
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        result = declared.declaration_result
+        return QueueInfo(messages=result.message_count or 0, consumers=result.consumer_count or 0)
 
     async def dead_lettered(self, limit: int = 100) -> list[tuple[bytes, dict[str, Any]]]:
         if self._publisher is None:

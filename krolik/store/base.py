@@ -29,6 +29,7 @@ class NewTask:
     run_at: datetime | None = None
     delay_seconds: float | None = None
     idempotency_key: str | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class Task:
     max_attempts: int | None
     timeout_seconds: float | None
     idempotency_key: str | None
+    request_id: str | None
     worker_id: str | None
     cancel_requested: bool
     run_at: datetime
@@ -84,6 +86,32 @@ class RescuedTask:
     task_id: int
     status: TaskStatus
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue at a glance; ``*_last_hour`` count tasks that finished in the last hour."""
+
+    queue: str
+    pending: int
+    """Due and waiting for a worker."""
+    scheduled: int
+    """Waiting for their run_at (delays and retry backoff)."""
+    processing: int
+    stuck: int
+    """Processing for longer than the stuck threshold."""
+    done_last_hour: int
+    failed_last_hour: int
+    cancelled_last_hour: int
+    oldest_pending_at: datetime | None
+    """When the oldest due pending task became due."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    backlog: int
+    """Due outbox rows not yet published."""
+    oldest_due_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +213,13 @@ class TaskStore(ABC):
     @abstractmethod
     async def redispatch_stale(self, older_than_seconds: float, limit: int) -> int:
         """Queue an outbox row again for due pending tasks that have none."""
+
+    @abstractmethod
+    async def queue_stats(self, stuck_after_seconds: float) -> list[QueueStats]:
+        """Counts per queue, read cheaply (partial indexes; finished tasks of the last hour)."""
+
+    @abstractmethod
+    async def outbox_stats(self) -> OutboxStats: ...
 
     @abstractmethod
     async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:

@@ -40,6 +40,8 @@ from krolik.store.base import (
     Enqueued,
     NewTask,
     OutboxEntry,
+    OutboxStats,
+    QueueStats,
     RescuedTask,
     RunRef,
     Task,
@@ -61,20 +63,30 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _aware(stamp: Any) -> Any:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp)
+    if isinstance(stamp, datetime) and stamp.tzinfo is None:
+        return stamp.replace(tzinfo=UTC)
+    return stamp
+
+
+TIMESTAMPS = (
+    "run_at",
+    "lease_expires_at",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+)
+
+
 def row_to_task(row: Mapping[Any, Any]) -> Task:
     values = dict(row)
     values["status"] = TaskStatus(values["status"])
-    for key in (
-        "run_at",
-        "lease_expires_at",
-        "created_at",
-        "updated_at",
-        "started_at",
-        "finished_at",
-    ):
-        stamp = values[key]
-        if isinstance(stamp, datetime) and stamp.tzinfo is None:
-            values[key] = stamp.replace(tzinfo=UTC)
+    for key in TIMESTAMPS:
+        values[key] = _aware(values[key])
     return Task(**values)
 
 
@@ -163,6 +175,7 @@ class SqlTaskStore(TaskStore):
                 max_attempts=new.max_attempts,
                 timeout_seconds=new.timeout_seconds,
                 idempotency_key=new.idempotency_key,
+                request_id=new.request_id,
                 cancel_requested=False,
                 run_at=run_at,
                 created_at=now,
@@ -471,6 +484,75 @@ class SqlTaskStore(TaskStore):
             rows = (await conn.execute(stmt)).mappings().all()
             await self._dispatch(conn, rows)
         return len(rows)
+
+    async def queue_stats(self, stuck_after_seconds: float) -> list[QueueStats]:
+        now = self._now()
+        pending, processing = tasks.c.status == PENDING, tasks.c.status == PROCESSING
+        due = and_(pending, tasks.c.run_at <= now)
+
+        def count(condition: ColumnElement[bool]) -> Any:
+            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+        live = (
+            select(
+                tasks.c.queue,
+                count(due).label("pending"),
+                count(and_(pending, tasks.c.run_at > now)).label("scheduled"),
+                count(processing).label("processing"),
+                count(
+                    and_(processing, tasks.c.started_at < self._later(-stuck_after_seconds))
+                ).label("stuck"),
+                func.min(case((due, tasks.c.run_at), else_=None)).label("oldest_pending_at"),
+            )
+            .where(tasks.c.status.in_([PENDING, PROCESSING]))
+            .group_by(tasks.c.queue)
+        )
+        finished = (
+            select(tasks.c.queue, tasks.c.status, func.count().label("n"))
+            .where(tasks.c.finished_at >= self._later(-3600))
+            .group_by(tasks.c.queue, tasks.c.status)
+        )
+        async with self._tx() as conn:
+            live_rows = (await conn.execute(live)).mappings().all()
+            finished_rows = (await conn.execute(finished)).mappings().all()
+        recent: dict[tuple[str, str], int] = {
+            (row["queue"], row["status"]): int(row["n"]) for row in finished_rows
+        }
+        stats = {
+            row["queue"]: QueueStats(
+                queue=row["queue"],
+                pending=int(row["pending"]),
+                scheduled=int(row["scheduled"]),
+                processing=int(row["processing"]),
+                stuck=int(row["stuck"]),
+                done_last_hour=recent.get((row["queue"], DONE), 0),
+                failed_last_hour=recent.get((row["queue"], FAILED), 0),
+                cancelled_last_hour=recent.get((row["queue"], CANCELLED), 0),
+                oldest_pending_at=_aware(row["oldest_pending_at"]),
+            )
+            for row in live_rows
+        }
+        for queue in {queue for queue, _ in recent} - stats.keys():
+            stats[queue] = QueueStats(
+                queue=queue,
+                pending=0,
+                scheduled=0,
+                processing=0,
+                stuck=0,
+                done_last_hour=recent.get((queue, DONE), 0),
+                failed_last_hour=recent.get((queue, FAILED), 0),
+                cancelled_last_hour=recent.get((queue, CANCELLED), 0),
+                oldest_pending_at=None,
+            )
+        return sorted(stats.values(), key=lambda item: item.queue)
+
+    async def outbox_stats(self) -> OutboxStats:
+        stmt = select(func.count(), func.min(outbox.c.available_at)).where(
+            outbox.c.available_at <= self._now()
+        )
+        async with self._tx() as conn:
+            backlog, oldest = (await conn.execute(stmt)).one()
+        return OutboxStats(backlog=int(backlog), oldest_due_at=_aware(oldest))
 
     async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
         now = self._now()

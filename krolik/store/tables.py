@@ -55,6 +55,8 @@ tasks = Table(
     # NULL until the first claim: then the handler's own default is written in.
     Column("timeout_seconds", Float, nullable=True),
     Column("idempotency_key", Text, nullable=True),
+    Column("request_id", Text, nullable=True),
+    # The id of the HTTP request that created the task, carried into the worker's logs.
     Column("worker_id", Text, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("run_at", Timestamp, nullable=False),
@@ -70,6 +72,7 @@ tasks = Table(
     Index("ix_krolik_tasks_queue_status", "queue", "status"),
     Index("ix_krolik_tasks_status_id", "status", "id"),
     Index("ix_krolik_tasks_name_id", "name", "id"),
+    Index("ix_krolik_tasks_finished_at", "finished_at"),
     Index(
         "ix_krolik_tasks_pending_run_at",
         "run_at",

@@ -16,28 +16,21 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from krolik.broker.base import Broker, Delivery, MalformedMessage, Subscription, TaskMessage
 from krolik.errors import StoreError, StoreUnavailable
+from krolik.events import Observer
 from krolik.log import get_logger
 from krolik.registry import Registry
 from krolik.retry import BackoffPolicy
 from krolik.service import LoopService
 from krolik.settings import Settings
-from krolik.store.base import RunRef, Task, TaskStore
+from krolik.store.base import RunRef, TaskStore
 from krolik.worker.executor import Outcome, OutcomeKind, Run, StopReason, execute
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-
-class WorkerHooks(Protocol):
-    """Observers of task execution (metrics, tracing); the worker core knows nothing more."""
-
-    def task_started(self, task: Task) -> None: ...
-
-    def task_finished(self, task: Task, outcome: Outcome, seconds: float) -> None: ...
 
 
 @dataclass
@@ -79,7 +72,7 @@ class Worker:
         queues: Sequence[str] | None = None,
         concurrency: int | None = None,
         worker_id: str | None = None,
-        hooks: Sequence[WorkerHooks] = (),
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -88,7 +81,7 @@ class Worker:
         self.queues = list(queues or settings.worker.queues)
         self.concurrency = concurrency or settings.worker.concurrency
         self.worker_id = worker_id or new_worker_id()
-        self.hooks = list(hooks)
+        self.observer = observer or Observer()
         self.backoff = BackoffPolicy(
             settings.retry.backoff_base_seconds, settings.retry.backoff_max_seconds
         )
@@ -163,6 +156,7 @@ class Worker:
         except MalformedMessage as exc:
             self._log.error("message_dead_lettered", reason=str(exc))
             self.stats.dead_lettered += 1
+            self.observer.message_dead_lettered("malformed")
             await delivery.dead_letter(str(exc))
             return
         handler = self.registry.handlers.get(message.name)
@@ -170,6 +164,7 @@ class Worker:
             reason = f"no handler is registered under the name {message.name!r}"
             self._log.error("message_dead_lettered", task_id=message.task_id, reason=reason)
             self.stats.dead_lettered += 1
+            self.observer.message_dead_lettered("unknown_handler")
             try:
                 await self.store.fail_unrunnable(message.task_id, reason)
             except StoreError:
@@ -238,17 +233,19 @@ class Worker:
     async def _run(self, run: Run) -> None:
         task = run.task
         bound = self._log.bind(
-            task_id=task.id, attempt=run.ref.attempt, queue=task.queue, name=task.name
+            task_id=task.id,
+            attempt=run.ref.attempt,
+            queue=task.queue,
+            name=task.name,
+            request_id=task.request_id,
         )
         started = time.monotonic()
         try:
-            for hook in self.hooks:
-                hook.task_started(task)
+            self.observer.task_started(task)
             bound.info("task_started")
             outcome = await execute(run)
-            await self._record(run, outcome)
-            for hook in self.hooks:
-                hook.task_finished(task, outcome, time.monotonic() - started)
+            recorded = await self._record(run, outcome)
+            self.observer.task_finished(task, recorded, time.monotonic() - started)
         except Exception:
             bound.exception("task_run_crashed")
         finally:
@@ -256,38 +253,45 @@ class Worker:
             self._slots.release()
             self._notify()
 
-    async def _record(self, run: Run, outcome: Outcome) -> None:
+    async def _record(self, run: Run, outcome: Outcome) -> str:
+        """Write the outcome with the guarded transition it calls for; say what was recorded."""
         ref, task = run.ref, run.task
         logger = self._log.bind(task_id=task.id, attempt=ref.attempt, queue=task.queue)
         if outcome.kind is OutcomeKind.SUCCEEDED:
             if await self._persist(lambda: self.store.complete(ref, outcome.result)):
                 self.stats.succeeded += 1
                 logger.info("task_succeeded")
-            else:
-                logger.warning("task_result_discarded", reason="the lease was taken over")
-        elif outcome.kind is OutcomeKind.FAILED:
+                return "succeeded"
+            logger.warning("task_result_discarded", reason="the lease was taken over")
+            return "abandoned"
+        if outcome.kind is OutcomeKind.FAILED:
             error = outcome.error or "failed"
-            max_attempts = task.max_attempts or 1
-            if ref.attempt < max_attempts:
+            if ref.attempt < (task.max_attempts or 1):
                 delay = self.backoff.delay(ref.attempt)
                 if await self._persist(
                     lambda: self.store.retry_later(ref, error, outcome.traceback, delay)
                 ):
                     self.stats.retried += 1
                     logger.warning("task_retry_scheduled", error=error, delay_seconds=delay)
+                    return "retried"
             elif await self._persist(lambda: self.store.fail(ref, error, outcome.traceback)):
                 self.stats.failed += 1
                 logger.error("task_failed", error=error)
-        elif outcome.stop_reason is StopReason.CANCEL_REQUESTED:
+                return "failed"
+            return "abandoned"
+        if outcome.stop_reason is StopReason.CANCEL_REQUESTED:
             if await self._persist(lambda: self.store.mark_cancelled(ref)):
                 self.stats.cancelled += 1
                 logger.info("task_cancelled")
+                return "cancelled"
         elif outcome.stop_reason is StopReason.SHUTDOWN:
             if await self._persist(lambda: self.store.release(ref)):
                 self.stats.released += 1
                 logger.info("task_released", reason="worker shutdown")
+                return "released"
         else:
             logger.warning("task_abandoned", reason="the lease was lost")
+        return "abandoned"
 
     async def _persist(self, write: Callable[[], Awaitable[bool]]) -> bool:
         """Retry a write while the store is unreachable, as long as our lease could last."""

@@ -8,8 +8,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from krolik.api.deps import RelayDep, SettingsDep, StoreDep
+from krolik.api.deps import ObserverDep, RelayDep, SettingsDep, StoreDep
 from krolik.api.errors import BadRequest
+from krolik.api.request_id import current_request_id
 from krolik.api.schemas import (
     MAX_ID,
     NAME_PATTERN,
@@ -53,7 +54,12 @@ def decode_cursor(cursor: str) -> int:
 
 
 async def _create(
-    body: TaskCreate, response: Response, store: StoreDep, settings: SettingsDep, relay: RelayDep
+    body: TaskCreate,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    relay: RelayDep,
+    observer: ObserverDep,
 ) -> TaskCreated:
     new = NewTask(
         name=body.name or DEFAULT_TASK_NAME,
@@ -64,9 +70,11 @@ async def _create(
         run_at=body.run_at,
         delay_seconds=body.delay_seconds,
         idempotency_key=body.idempotency_key,
+        request_id=current_request_id.get(),
     )
     [enqueued] = await store.enqueue([new])
     if enqueued.created:
+        observer.task_submitted(enqueued.task)
         if relay is not None:
             relay.wake()
     else:

@@ -1,0 +1,23 @@
+"""Prometheus metrics of the API process, with the gauges read from the store."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from krolik.errors import StoreError
+from krolik.log import get_logger
+from krolik.metrics import CONTENT_TYPE_LATEST, Metrics, StoreGauges
+
+router = APIRouter(tags=["operations"])
+log = get_logger(__name__)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    counters: Metrics = request.app.state.metrics
+    gauges: StoreGauges = request.app.state.gauges
+    try:
+        await gauges.refresh()
+    except StoreError as exc:  # counters still tell something; the gauges keep their last values
+        log.warning("metrics_gauges_stale", error=str(exc))
+    return Response(counters.exposition(gauges), media_type=CONTENT_TYPE_LATEST)

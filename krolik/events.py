@@ -1,0 +1,78 @@
+"""Hooks around task execution, the relay and the API, for metrics and tracing.
+
+The worker, relay and API call an ``Observer``; they never import a metrics
+library. ``Observers`` fans one call out to several and keeps a faulty observer
+from breaking the work it watches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from krolik.log import get_logger
+from krolik.store.base import Task
+
+log = get_logger(__name__)
+
+
+class Observer:
+    """No-op hooks; override the ones you need."""
+
+    def task_submitted(self, task: Task) -> None:
+        """A new task was committed (idempotent repeats are not counted)."""
+
+    def task_started(self, task: Task) -> None:
+        """A worker claimed the task and is about to run its handler."""
+
+    def task_finished(self, task: Task, result: str, seconds: float) -> None:
+        """The run ended; ``result`` is what was recorded: succeeded, failed, retried,
+        cancelled, released or abandoned (the lease was lost)."""
+
+    def task_rescued(self, task_id: int, status: str) -> None:
+        """The rescuer took a run whose lease expired; ``status`` is where it went."""
+
+    def message_dead_lettered(self, reason: str) -> None:
+        """A delivery was moved to the dead-letter queue."""
+
+    def outbox_published(self, count: int) -> None:
+        """The relay published ``count`` messages, all confirmed."""
+
+    def outbox_publish_failed(self, count: int) -> None:
+        """The relay could not publish a batch of ``count``; it will try again."""
+
+
+class Observers(Observer):
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self.observers = list(observers)
+
+    def add(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                log.exception("observer_failed", hook=hook, observer=type(observer).__name__)
+
+    def task_submitted(self, task: Task) -> None:
+        self._call("task_submitted", task)
+
+    def task_started(self, task: Task) -> None:
+        self._call("task_started", task)
+
+    def task_finished(self, task: Task, result: str, seconds: float) -> None:
+        self._call("task_finished", task, result, seconds)
+
+    def task_rescued(self, task_id: int, status: str) -> None:
+        self._call("task_rescued", task_id, status)
+
+    def message_dead_lettered(self, reason: str) -> None:
+        self._call("message_dead_lettered", reason)
+
+    def outbox_published(self, count: int) -> None:
+        self._call("outbox_published", count)
+
+    def outbox_publish_failed(self, count: int) -> None:
+        self._call("outbox_publish_failed", count)
