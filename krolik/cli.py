@@ -6,20 +6,28 @@ import asyncio
 import importlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 import uvicorn
 
 from krolik.builtin_tasks import builtin_registry
 from krolik.components import build_broker, build_store
-from krolik.errors import BrokerUnavailable, ConfigurationError, StoreUnavailable
+from krolik.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidTransition,
+    StoreUnavailable,
+)
 from krolik.log import configure_logging, get_logger
 from krolik.maintenance import LeaseRescuer
 from krolik.registry import Registry, default_registry
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
+from krolik.store.base import TaskStore
 from krolik.worker import Worker
 
 cli = typer.Typer(
@@ -29,6 +37,14 @@ cli = typer.Typer(
     add_completion=False,
 )
 log = get_logger("krolik.cli")
+T = TypeVar("T")
+
+
+class KeyScope(StrEnum):
+    READ = "read"
+    SUBMIT = "submit"
+    ADMIN = "admin"
+
 
 HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
 PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
@@ -207,6 +223,83 @@ async def _run_relay(settings: Settings) -> None:
         await the_relay.stop()
         await broker.close()
         await store.close()
+
+
+keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="Manage the keys of a krolik dev data file instead of PostgreSQL."),
+]
+
+
+def _keys_store(settings: Settings, data: Path | None) -> TaskStore:
+    if data is None:
+        return build_store(settings)
+    from krolik.store.sqlite import SqliteTaskStore
+
+    return SqliteTaskStore(data.resolve())
+
+
+async def _with_store(
+    settings: Settings, data: Path | None, action: Callable[[TaskStore], Awaitable[T]]
+) -> T:
+    store = _keys_store(settings, data)
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A unique name; it appears on the tasks it creates.")],
+    scope: Annotated[
+        KeyScope, typer.Option(help="read: read tasks; submit: also create; admin: everything.")
+    ] = KeyScope.SUBMIT,
+    data: DataOption = None,
+) -> None:
+    """Create a key and print it: it is shown once, only its hash is kept."""
+    from krolik.api.auth import hash_key, new_key
+
+    settings = load_settings()
+    key = new_key()
+    try:
+        asyncio.run(
+            _with_store(
+                settings, data, lambda s: s.create_api_key(name, scope.value, hash_key(key))
+            )
+        )
+    except InvalidTransition as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    typer.echo(key)
+    typer.echo(
+        f"created key {name!r} with scope {scope.value}; it will not be shown again", err=True
+    )
+
+
+@keys_cli.command("list")
+def keys_list(data: DataOption = None) -> None:
+    """List keys (names, scopes, dates; never the keys)."""
+    settings = load_settings()
+    found = asyncio.run(_with_store(settings, data, lambda s: s.list_api_keys()))
+    for key in found:
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        typer.echo(f"{key.name}\t{key.scope}\t{key.created_at:%Y-%m-%d %H:%M}\t{state}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name.")], data: DataOption = None
+) -> None:
+    """Revoke a key; API processes stop accepting it within APP__AUTH__CACHE_SECONDS."""
+    settings = load_settings()
+    if not asyncio.run(_with_store(settings, data, lambda s: s.revoke_api_key(name))):
+        typer.echo(f"error: no active key named {name!r}", err=True)
+        raise SystemExit(1)
+    typer.echo(f"revoked key {name!r}")
 
 
 def main() -> None:

@@ -38,6 +38,10 @@ class InvalidTransition(KrolikError):
     """The task is not in a state that allows this change."""
 
 
+class QueueFull(KrolikError):
+    """The queue holds as many pending tasks as it may; try again later."""
+
+
 class UnknownHandler(KrolikError):
     """No handler is registered under this name."""
 

@@ -34,6 +34,7 @@ from krolik.store.base import OutboxStats, QueueStats, Task, TaskStore
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreGauges"]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+DEAD_LETTER_REASONS = ("malformed", "unknown_handler")  # what the worker reports
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -66,6 +67,10 @@ class Metrics(Observer):
         self.dead_lettered = counter(
             "krolik_messages_dead_lettered", "Messages moved to the dead-letter queue.", ["reason"]
         )
+        # Exported at 0 from the start: a series born at 1 hides its first increment
+        # from increase(), and a dead letter is rare enough to be that first one.
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason)
         self.published = counter(
             "krolik_relay_published", "Task messages the relay published, confirmed.", []
         )

@@ -82,6 +82,29 @@ class MetricsSettings(BaseModel):
 class ApiSettings(BaseModel):
     max_payload_bytes: int = Field(1_048_576, ge=1)
     default_page_size: int = Field(50, ge=1, le=1000)
+    max_batch_size: int = Field(1000, ge=1, le=10_000)
+    """Most tasks one ``POST /tasks/batch`` may create."""
+    max_pending_per_queue: int | None = Field(None, ge=1)
+    """Refuse new tasks (503) for a queue holding this many pending tasks; None: no bound."""
+    queues: list[str] | None = None
+    """The queues tasks may be submitted to; None: any well-formed name."""
+
+
+class AuthSettings(BaseModel):
+    enabled: bool = False
+    """Require an API key (``Authorization: Bearer ...``) on every endpoint but health
+    and metrics. Keys are made with ``krolik keys create``."""
+    cache_seconds: float = Field(10.0, ge=0)
+    """A checked key is trusted this long in each process; a revoke takes effect within it."""
+
+
+class RateLimitSettings(BaseModel):
+    limit: str | None = None
+    """Requests allowed per API key (or client address without keys), in the ``limits``
+    notation, e.g. ``"100/second;5000/minute"``; None: no limit."""
+    storage_url: str = "memory://"
+    """``memory://`` counts per process; a shared backend (e.g. ``redis://host:6379``,
+    with ``pip install limits[async-redis]``) makes the limit cluster-wide."""
 
 
 class EmbeddedSettings(BaseModel):
@@ -98,6 +121,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         case_sensitive=False,
         extra="ignore",
+        env_ignore_empty=True,  # APP__X= (empty) means the default, as in compose files
     )
 
     debug: bool = False
@@ -110,4 +134,6 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     default_queue: str = "default"

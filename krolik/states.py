@@ -9,6 +9,7 @@
        │  │                ├──lease expired (rescue)─▶ pending, or failed when none left
        │  │                ├──released on shutdown──▶ pending (attempt not counted)
        │  │                └──cancel requested───────▶ cancelled
+       │  │                   (also when a run asked to stop ends by retry, release or rescue)
        │  └──cancel──▶ cancelled
        └──retry (API)── failed | cancelled
 
@@ -54,12 +55,19 @@ ALLOWED: dict[Transition, tuple[frozenset[TaskStatus], frozenset[TaskStatus]]] =
     Transition.CLAIM: (frozenset({TaskStatus.PENDING}), frozenset({TaskStatus.PROCESSING})),
     Transition.COMPLETE: (frozenset({TaskStatus.PROCESSING}), frozenset({TaskStatus.DONE})),
     Transition.FAIL: (frozenset({TaskStatus.PROCESSING}), frozenset({TaskStatus.FAILED})),
-    Transition.RETRY_LATER: (frozenset({TaskStatus.PROCESSING}), frozenset({TaskStatus.PENDING})),
+    # a run whose cancel was requested ends cancelled instead of going back to pending
+    Transition.RETRY_LATER: (
+        frozenset({TaskStatus.PROCESSING}),
+        frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED}),
+    ),
     Transition.RESCUE: (
         frozenset({TaskStatus.PROCESSING}),
-        frozenset({TaskStatus.PENDING, TaskStatus.FAILED}),
+        frozenset({TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.CANCELLED}),
     ),
-    Transition.RELEASE: (frozenset({TaskStatus.PROCESSING}), frozenset({TaskStatus.PENDING})),
+    Transition.RELEASE: (
+        frozenset({TaskStatus.PROCESSING}),
+        frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED}),
+    ),
     Transition.CANCEL: (frozenset({TaskStatus.PENDING}), frozenset({TaskStatus.CANCELLED})),
     Transition.CANCEL_RUNNING: (
         frozenset({TaskStatus.PROCESSING}),

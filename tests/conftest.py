@@ -107,6 +107,9 @@ def test_settings(database: str, run_id: str, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @pytest.fixture
 def settings(pg_database: str, rabbitmq_available: None, run_id: str) -> Settings:
     return test_settings(pg_database, run_id)

@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from krolik.api.admission import Admission
+from krolik.api.auth import KeyCache
 from krolik.api.errors import install_error_handlers
 from krolik.api.limits import BodySizeLimit
+from krolik.api.rate_limit import RateLimiter
 from krolik.api.request_id import RequestId
 from krolik.api.routes import health, queues, tasks
 from krolik.api.routes import metrics as metrics_route
@@ -98,6 +101,9 @@ def create_app(
     app.state.relay = relay
     app.state.observer = observer
     app.state.metrics = the_metrics
+    app.state.key_cache = KeyCache(settings.auth.cache_seconds)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.admission = Admission(settings.api)
     app.state.gauges = StoreGauges(
         the_store,
         settings.metrics.stuck_after_seconds,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from krolik.api.auth import AuthError
+from krolik.api.rate_limit import RateLimited
 from krolik.errors import (
     BrokerUnavailable,
     InvalidTransition,
+    QueueFull,
     StoreUnavailable,
     TaskNotFound,
 )
@@ -37,6 +40,28 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=400)
+
+    @app.exception_handler(AuthError)
+    async def unauthorized(_: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RateLimited)
+    async def too_many(_: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            {
+                "detail": f"rate limit exceeded ({exc.limit}); retry after "
+                f"{exc.retry_after_seconds} s"
+            },
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+        )
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+        )
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """The body outgrew the limit while streaming in.
+
+    An ``HTTPException``: FastAPI reads the body inside the route and would turn any
+    other error into a 400 "error parsing the body"; this one it answers with 413.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, detail=f"the request body is larger than {max_bytes} bytes")
 
 
 class BodySizeLimit:
@@ -39,7 +47,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -80,6 +80,21 @@ class TaskCreate(BaseModel):
         return self
 
 
+class TaskBatch(BaseModel):
+    """Up to APP__API__MAX_BATCH_SIZE tasks, created in one transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskCreate] = Field(min_length=1)
+
+
+class TaskBatchCreated(BaseModel):
+    task_ids: list[int] = Field(description="The tasks' ids, in the order given.")
+    created: list[bool] = Field(
+        description="False where an idempotency key matched an existing task."
+    )
+
+
 class TaskOut(BaseModel):
     id: int
     name: str
@@ -92,6 +107,7 @@ class TaskOut(BaseModel):
     max_attempts: int | None
     timeout_seconds: float | None
     idempotency_key: str | None
+    created_by: str | None = Field(description="The API key that created the task.")
     cancel_requested: bool
     run_at: datetime
     created_at: datetime

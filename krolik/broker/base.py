@@ -98,7 +98,8 @@ class Broker(ABC):
     @abstractmethod
     async def consume(
         self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
-    ) -> Subscription: ...
+    ) -> Subscription:
+        """Hand each queue's messages to ``handler``, ``prefetch`` unsettled at most per queue."""
 
     @abstractmethod
     async def inspect_queue(self, krolik_queue: str) -> QueueInfo | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from krolik.broker.base import (
     Subscription,
     TaskMessage,
 )
-from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER
+from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER
 from krolik.errors import BrokerUnavailable
 
 
@@ -66,7 +67,10 @@ class MemoryDelivery(Delivery):
     async def dead_letter(self, reason: str) -> None:
         if self._settle():
             self._broker.dead.append(
-                (self.body, {REASON_HEADER: reason, ORIGIN_HEADER: self._queue})
+                (
+                    self.body,
+                    {REASON_HEADER: reason[:MAX_REASON_LENGTH], ORIGIN_HEADER: self._queue},
+                )
             )
 
     def give_back(self) -> bool:
@@ -92,6 +96,7 @@ class MemorySubscription(Subscription):
             if delivery.give_back():
                 await self._broker.put(delivery._queue, delivery.body, redelivered=True)
         self.unsettled.clear()
+        self._broker._subscriptions.discard(self)
 
 
 class MemoryBroker(Broker):
@@ -99,6 +104,7 @@ class MemoryBroker(Broker):
         self._queues: dict[str, _Queue] = {}
         self.dead: list[tuple[bytes, dict[str, Any]]] = []
         self._consumers: dict[str, int] = {}
+        self._subscriptions: set[MemorySubscription] = set()
         self._connected = False
 
     def _queue(self, name: str) -> _Queue:
@@ -108,6 +114,9 @@ class MemoryBroker(Broker):
         self._connected = True
 
     async def close(self) -> None:
+        """Disconnect; like a closed connection, this ends every subscription."""
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
         self._connected = False
 
     async def ping(self) -> None:
@@ -136,12 +145,21 @@ class MemoryBroker(Broker):
         self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
     ) -> Subscription:
         subscription = MemorySubscription(self)
-        window = asyncio.Semaphore(prefetch)
+        self._subscriptions.add(subscription)
         for name in queues:
-            subscription.tasks.append(
-                asyncio.create_task(self._pump(name, window, handler, subscription))
-            )
+            # One window per queue: RabbitMQ's prefetch, too, counts per consumer.
+            window = asyncio.Semaphore(prefetch)
+            # The consumer counts from now, as RabbitMQ's does once consume returns,
+            # and stops counting however its pump ends (even cancelled before it ran).
+            self._queue(name)
+            self._consumers[name] = self._consumers.get(name, 0) + 1
+            pump = asyncio.create_task(self._pump(name, window, handler, subscription))
+            pump.add_done_callback(functools.partial(self._consumer_gone, name))
+            subscription.tasks.append(pump)
         return subscription
+
+    def _consumer_gone(self, name: str, _: asyncio.Task[None]) -> None:
+        self._consumers[name] -= 1
 
     async def _pump(
         self,
@@ -151,20 +169,6 @@ class MemoryBroker(Broker):
         subscription: MemorySubscription,
     ) -> None:
         queue = self._queue(name)
-        self._consumers[name] = self._consumers.get(name, 0) + 1
-        try:
-            await self._deliver_forever(name, queue, window, handler, subscription)
-        finally:
-            self._consumers[name] -= 1
-
-    async def _deliver_forever(
-        self,
-        name: str,
-        queue: _Queue,
-        window: asyncio.Semaphore,
-        handler: DeliveryHandler,
-        subscription: MemorySubscription,
-    ) -> None:
         while True:
             await window.acquire()
             async with queue.ready:

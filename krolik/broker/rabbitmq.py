@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -30,7 +30,7 @@ from krolik.broker.base import (
     Subscription,
     TaskMessage,
 )
-from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER, Topology
+from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER, Topology
 from krolik.errors import BrokerError, BrokerUnavailable
 from krolik.log import get_logger
 from krolik.settings import RabbitMQSettings
@@ -49,9 +49,12 @@ _CONNECTION_ERRORS = (
 
 
 class RabbitDelivery(Delivery):
-    def __init__(self, message: AbstractIncomingMessage, broker: RabbitMQBroker) -> None:
+    def __init__(
+        self, message: AbstractIncomingMessage, broker: RabbitMQBroker, krolik_queue: str
+    ) -> None:
         self._message = message
         self._broker = broker
+        self._krolik_queue = krolik_queue
         self.body = message.body
         self.redelivered = bool(message.redelivered)
 
@@ -63,9 +66,7 @@ class RabbitDelivery(Delivery):
 
     async def dead_letter(self, reason: str) -> None:
         try:
-            await self._broker.publish_dead_letter(
-                self.body, reason, origin=self._message.routing_key or ""
-            )
+            await self._broker.publish_dead_letter(self.body, reason, origin=self._krolik_queue)
         except Exception:
             # RabbitMQ's own dead-lettering still keeps the message, without the reason.
             log.warning("dead_letter_publish_failed", reason=reason, exc_info=True)
@@ -80,9 +81,13 @@ class RabbitSubscription(Subscription):
         self._consumers = consumers
 
     async def cancel(self) -> None:
-        for queue, tag in self._consumers:
-            with contextlib.suppress(*_CONNECTION_ERRORS):
-                await queue.cancel(tag)
+        # On a closed channel (broker closed, or RabbitMQ away) cancelling a consumer
+        # would wait for a reconnection; closing the channel alone ends the consumers
+        # and keeps the robust connection from restoring them.
+        if not self._channel.is_closed:
+            for queue, tag in self._consumers:
+                with contextlib.suppress(*_CONNECTION_ERRORS):
+                    await queue.cancel(tag)
         with contextlib.suppress(*_CONNECTION_ERRORS):
             await self._channel.close()
 
@@ -165,28 +170,11 @@ class RabbitMQBroker(Broker):
     async def publish(self, messages: Sequence[TaskMessage]) -> None:
         if self._exchange is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
-        exchange = self._exchange
         try:
-            for krolik_queue in {message.queue for message in messages}:
-                await self._ensure_declared(krolik_queue)
-            # All publishes in flight at once; each awaits its own confirm.
+            # The declarations too are under the timeout: while RabbitMQ is away, the
+            # robust channel waits for it to come back, and so would an unbounded call.
             await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        exchange.publish(
-                            aio_pika.Message(
-                                message.encode(),
-                                content_type="application/json",
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                message_id=str(message.task_id),
-                                type=message.name,
-                            ),
-                            routing_key=self.topology.queue(message.queue).routing_key,
-                            mandatory=True,
-                        )
-                        for message in messages
-                    )
-                ),
+                self._declare_and_publish(self._exchange, messages),
                 timeout=self.settings.publish_timeout_seconds,
             )
         except _CONNECTION_ERRORS as exc:
@@ -195,6 +183,29 @@ class RabbitMQBroker(Broker):
         except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
             raise BrokerError(f"RabbitMQ refused a message: {exc}") from None
 
+    async def _declare_and_publish(
+        self, exchange: AbstractExchange, messages: Sequence[TaskMessage]
+    ) -> None:
+        for krolik_queue in {message.queue for message in messages}:
+            await self._ensure_declared(krolik_queue)
+        # All publishes in flight at once; each awaits its own confirm.
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        message.encode(),
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=str(message.task_id),
+                        type=message.name,
+                    ),
+                    routing_key=self.topology.queue(message.queue).routing_key,
+                    mandatory=True,
+                )
+                for message in messages
+            )
+        )
+
     async def publish_dead_letter(self, body: bytes, reason: str, origin: str) -> None:
         if self._dead_exchange is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
@@ -202,7 +213,7 @@ class RabbitMQBroker(Broker):
             aio_pika.Message(
                 body,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers={REASON_HEADER: reason[:1000], ORIGIN_HEADER: origin},
+                headers={REASON_HEADER: reason[:MAX_REASON_LENGTH], ORIGIN_HEADER: origin},
             ),
             routing_key=self.topology.dead_letter_queue,
             mandatory=True,
@@ -217,13 +228,16 @@ class RabbitMQBroker(Broker):
         channel = await self._consumer.channel()
         await channel.set_qos(prefetch_count=prefetch)
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            await handler(RabbitDelivery(message, self))
+        def receiver(krolik_queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await handler(RabbitDelivery(message, self, krolik_queue))
+
+            return on_message
 
         consumers = []
         for krolik_queue in queues:
             queue = await self.declare_queue(channel, krolik_queue)
-            tag = await queue.consume(on_message, no_ack=False)
+            tag = await queue.consume(receiver(krolik_queue), no_ack=False)
             consumers.append((queue, tag))
         return RabbitSubscription(channel, consumers)
 

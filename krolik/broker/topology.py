@@ -15,6 +15,8 @@ from krolik.settings import QueueType, RabbitMQSettings
 
 DEAD_LETTER_SUFFIX = "dead"
 REASON_HEADER = "x-krolik-reason"
+MAX_REASON_LENGTH = 1000
+"""Longer dead-letter reasons are cut: AMQP headers must stay small."""
 ORIGIN_HEADER = "x-krolik-queue"
 
 

@@ -30,6 +30,7 @@ class NewTask:
     delay_seconds: float | None = None
     idempotency_key: str | None = None
     request_id: str | None = None
+    created_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Task:
     timeout_seconds: float | None
     idempotency_key: str | None
     request_id: str | None
+    created_by: str | None
     worker_id: str | None
     cancel_requested: bool
     run_at: datetime
@@ -112,6 +114,17 @@ class OutboxStats:
     backlog: int
     """Due outbox rows not yet published."""
     oldest_due_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored: only a hash of the secret is kept."""
+
+    id: int
+    name: str
+    scope: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +234,27 @@ class TaskStore(ABC):
     @abstractmethod
     async def outbox_stats(self) -> OutboxStats: ...
 
+    @abstractmethod
+    async def count_pending(self, queue: str) -> int:
+        """Pending tasks of ``queue`` (due or not), for the per-queue bound."""
+
+    # -- API keys --------------------------------------------------------------------
+    @abstractmethod
+    async def create_api_key(self, name: str, scope: str, key_hash: str) -> ApiKey:
+        """Raise ``InvalidTransition`` if a key of that name exists."""
+
+    @abstractmethod
+    async def list_api_keys(self) -> list[ApiKey]: ...
+
+    @abstractmethod
+    async def revoke_api_key(self, name: str) -> bool:
+        """Revoke an active key; False if there is none of that name."""
+
+    @abstractmethod
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
+        """The active key with this hash, if any."""
+
+    # -- relay -----------------------------------------------------------------------
     @abstractmethod
     async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
         """Take due outbox rows for ``claim_seconds``; other relays skip them meanwhile."""

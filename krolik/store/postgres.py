@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import Float
 
 from krolik.settings import DatabaseSettings
+from krolik.store.base import NewTask
 from krolik.store.sql import SqlTaskStore
-from krolik.store.tables import tasks
+from krolik.store.tables import Timestamp, tasks
 
 
 def json_dumps(value: Any) -> str:
@@ -53,6 +54,17 @@ class PostgresTaskStore(SqlTaskStore):
         return func.clock_timestamp() + func.make_interval(
             0, 0, 0, 0, 0, 0, bindparam(None, seconds, type_=Float)
         )
+
+    def _due_at(self) -> ColumnElement[datetime]:
+        return func.coalesce(
+            bindparam("p_run_at", type_=Timestamp),
+            func.clock_timestamp()
+            + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("p_delay", type_=Float)),
+        )
+
+    def _due_params(self, new: NewTask) -> dict[str, Any]:
+        run_at = new.run_at.astimezone(UTC) if new.run_at is not None else None
+        return {"p_run_at": run_at, "p_delay": float(new.delay_seconds or 0)}
 
     def _insert_task(self) -> Any:
         return pg_insert(tasks)

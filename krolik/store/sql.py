@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -37,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from krolik.errors import InvalidTransition, StoreUnavailable, TaskNotFound
 from krolik.states import TaskStatus
 from krolik.store.base import (
+    ApiKey,
     Enqueued,
     NewTask,
     OutboxEntry,
@@ -48,7 +50,7 @@ from krolik.store.base import (
     TaskFilter,
     TaskStore,
 )
-from krolik.store.tables import outbox, tasks
+from krolik.store.tables import Timestamp, api_keys, outbox, tasks
 
 PENDING = TaskStatus.PENDING.value
 PROCESSING = TaskStatus.PROCESSING.value
@@ -88,6 +90,25 @@ def row_to_task(row: Mapping[Any, Any]) -> Task:
     for key in TIMESTAMPS:
         values[key] = _aware(values[key])
     return Task(**values)
+
+
+API_KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.scope,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+
+
+def _api_key(row: Mapping[Any, Any]) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        scope=row["scope"],
+        created_at=_aware(row["created_at"]),
+        revoked_at=_aware(row["revoked_at"]),
+    )
 
 
 class SqlTaskStore(TaskStore):
@@ -146,48 +167,77 @@ class SqlTaskStore(TaskStore):
 
     # -- producers -----------------------------------------------------------------
     async def enqueue(self, new_tasks: Sequence[NewTask]) -> list[Enqueued]:
-        results: list[Enqueued] = []
+        """Tasks without an idempotency key go in as one multi-row INSERT; keyed ones
+        one by one, each first looking for its key."""
+        results: dict[int, Enqueued] = {}
+        plain = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is None]
         async with self._tx() as conn:
-            for new in new_tasks:
-                results.append(await self._enqueue_one(conn, new))
-        return results
+            if plain:
+                rows = (
+                    (
+                        await conn.execute(
+                            self._insert_task()
+                            .values(**self._new_task_values())
+                            .returning(*tasks.c, sort_by_parameter_order=True),
+                            [self._new_task_params(new) for _, new in plain],
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
+                await self._dispatch(conn, rows)
+                for (index, _), row in zip(plain, rows, strict=True):
+                    results[index] = Enqueued(row_to_task(row), created=True)
+            for index, new in enumerate(new_tasks):
+                if new.idempotency_key is not None:
+                    results[index] = await self._enqueue_keyed(conn, new)
+        return [results[index] for index in range(len(new_tasks))]
 
-    async def _enqueue_one(self, conn: AsyncConnection, new: NewTask) -> Enqueued:
-        if new.idempotency_key is not None:
-            existing = await self._by_idempotency_key(conn, new.idempotency_key)
-            if existing is not None:
-                return Enqueued(existing, created=False)
-        if new.run_at is not None:
-            run_at: ColumnElement[datetime] = literal(new.run_at.astimezone(UTC))
-        elif new.delay_seconds:
-            run_at = self._later(new.delay_seconds)
-        else:
-            run_at = self._now()
+    def _new_task_values(self) -> dict[str, Any]:
+        """The columns every new task gets the same way (clock, initial state)."""
         now = self._now()
-        stmt = (
-            self._insert_task()
-            .values(
-                name=new.name,
-                queue=new.queue,
-                payload=new.payload,
-                status=PENDING,
-                attempts=0,
-                max_attempts=new.max_attempts,
-                timeout_seconds=new.timeout_seconds,
-                idempotency_key=new.idempotency_key,
-                request_id=new.request_id,
-                cancel_requested=False,
-                run_at=run_at,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(*tasks.c)
+        return {
+            "status": PENDING,
+            "attempts": 0,
+            "cancel_requested": False,
+            "run_at": self._due_at(),
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _new_task_params(self, new: NewTask) -> dict[str, Any]:
+        return {
+            "name": new.name,
+            "queue": new.queue,
+            "payload": new.payload,
+            "max_attempts": new.max_attempts,
+            "timeout_seconds": new.timeout_seconds,
+            "idempotency_key": new.idempotency_key,
+            "request_id": new.request_id,
+            "created_by": new.created_by,
+            **self._due_params(new),
+        }
+
+    def _due_at(self) -> ColumnElement[datetime]:
+        """A new task's run_at, from the parameters of ``_due_params``."""
+        return bindparam("p_run_at", type_=Timestamp)
+
+    def _due_params(self, new: NewTask) -> dict[str, Any]:
+        if new.run_at is not None:
+            return {"p_run_at": new.run_at.astimezone(UTC)}
+        return {"p_run_at": datetime.now(UTC) + timedelta(seconds=new.delay_seconds or 0)}
+
+    async def _enqueue_keyed(self, conn: AsyncConnection, new: NewTask) -> Enqueued:
+        key = new.idempotency_key or ""
+        existing = await self._by_idempotency_key(conn, key)
+        if existing is not None:
+            return Enqueued(existing, created=False)
+        stmt = self._on_key_conflict_do_nothing(
+            self._insert_task().values(**self._new_task_values()).returning(*tasks.c)
         )
-        if new.idempotency_key is not None:
-            stmt = self._on_key_conflict_do_nothing(stmt)
-        row = (await conn.execute(stmt)).mappings().first()
+        row = (await conn.execute(stmt, self._new_task_params(new))).mappings().first()
         if row is None:  # a concurrent request with the same key won the race
-            existing = await self._by_idempotency_key(conn, new.idempotency_key or "")
+            existing = await self._by_idempotency_key(conn, key)
             if existing is None:  # pragma: no cover - the winner's row is committed
                 raise InvalidTransition("idempotency key conflict could not be resolved")
             return Enqueued(existing, created=False)
@@ -374,15 +424,18 @@ class SqlTaskStore(TaskStore):
     async def _back_to_pending(
         self, run: RunRef, run_at: ColumnElement[datetime], **values: Any
     ) -> bool:
+        now = self._now()
+        asked = tasks.c.cancel_requested  # a run asked to stop is not run again
         stmt = (
             update(tasks)
             .where(self._owned(run))
             .values(
-                status=PENDING,
+                status=case((asked, CANCELLED), else_=PENDING),
+                finished_at=case((asked, now), else_=None),
                 run_at=run_at,
                 worker_id=None,
                 lease_expires_at=None,
-                updated_at=self._now(),
+                updated_at=now,
                 **values,
             )
             .returning(*tasks.c)
@@ -391,7 +444,8 @@ class SqlTaskStore(TaskStore):
             row = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 return False
-            await self._dispatch(conn, [row])
+            if row["status"] == PENDING:
+                await self._dispatch(conn, [row])
         return True
 
     async def retry_later(
@@ -426,13 +480,14 @@ class SqlTaskStore(TaskStore):
             .scalar_subquery()
         )
         exhausted = tasks.c.attempts >= func.coalesce(tasks.c.max_attempts, 1)
+        asked = tasks.c.cancel_requested  # a run asked to stop is not run again
         stmt = (
             update(tasks)
             .where(tasks.c.id.in_(expired), tasks.c.status == PROCESSING)
             .values(
-                status=case((exhausted, FAILED), else_=PENDING),
+                status=case((asked, CANCELLED), (exhausted, FAILED), else_=PENDING),
                 error="lease expired: the worker stopped heartbeating",
-                finished_at=case((exhausted, now), else_=None),
+                finished_at=case((or_(asked, exhausted), now), else_=None),
                 run_at=now,
                 worker_id=None,
                 lease_expires_at=None,
@@ -554,6 +609,60 @@ class SqlTaskStore(TaskStore):
             backlog, oldest = (await conn.execute(stmt)).one()
         return OutboxStats(backlog=int(backlog), oldest_due_at=_aware(oldest))
 
+    async def count_pending(self, queue: str) -> int:
+        stmt = select(func.count()).where(tasks.c.status == PENDING, tasks.c.queue == queue)
+        async with self._tx() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    # -- API keys --------------------------------------------------------------------
+    async def create_api_key(self, name: str, scope: str, key_hash: str) -> ApiKey:
+        async with self._tx() as conn:
+            taken = (
+                await conn.execute(select(api_keys.c.id).where(api_keys.c.name == name))
+            ).first()
+            if taken is not None:
+                raise InvalidTransition(f"an API key named {name!r} exists already")
+            row = (
+                (
+                    await conn.execute(
+                        insert(api_keys)
+                        .values(name=name, scope=scope, key_hash=key_hash, created_at=self._now())
+                        .returning(*API_KEY_COLUMNS)
+                    )
+                )
+                .mappings()
+                .one()
+            )
+        return _api_key(row)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async with self._tx() as conn:
+            rows = (
+                (await conn.execute(select(*API_KEY_COLUMNS).order_by(api_keys.c.id)))
+                .mappings()
+                .all()
+            )
+        return [_api_key(row) for row in rows]
+
+    async def revoke_api_key(self, name: str) -> bool:
+        stmt = (
+            update(api_keys)
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=self._now())
+            .returning(api_keys.c.id)
+        )
+        async with self._tx() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
+        stmt = select(*API_KEY_COLUMNS).where(
+            api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return _api_key(row) if row else None
+
+    # -- relay -----------------------------------------------------------------------
     async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
         now = self._now()
         due = (

@@ -26,8 +26,21 @@ def sqlite_url(path: Path | str) -> str:
     return f"sqlite+aiosqlite:///{Path(path)}"
 
 
-def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _json_dumps(value: Any) -> bytes:
+    """JSON as UTF-8 bytes, which SQLite stores as a BLOB, exactly as given.
+
+    The payload and result columns are declared ``JSON``, a type name that gives
+    them NUMERIC affinity: stored as text, a bare number such as ``42`` or ``1.0``
+    would become an INTEGER (or REAL) that no longer reads back as JSON. SQLite
+    never converts a BLOB.
+    """
+    return orjson.dumps(value)
+
+
+def _json_loads(value: bytes | str | float) -> Any:
+    if isinstance(value, int | float):  # a bare number written as text by an older version
+        return value
+    return orjson.loads(value)
 
 
 def create_engine(path: Path | str) -> AsyncEngine:
@@ -38,7 +51,7 @@ def create_engine(path: Path | str) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=30,
         json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=_json_loads,
     )
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -51,12 +51,14 @@ tasks = Table(
     Column("error", Text, nullable=True),
     Column("traceback", Text, nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # max_attempts is NULL until the first claim writes in the handler's own default.
     Column("max_attempts", Integer, nullable=True),
-    # NULL until the first claim: then the handler's own default is written in.
     Column("timeout_seconds", Float, nullable=True),
     Column("idempotency_key", Text, nullable=True),
+    # The HTTP request that created the task (carried into the worker's logs), and the
+    # name of the API key it came with (None without authentication).
     Column("request_id", Text, nullable=True),
-    # The id of the HTTP request that created the task, carried into the worker's logs.
+    Column("created_by", Text, nullable=True),
     Column("worker_id", Text, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("run_at", Timestamp, nullable=False),
@@ -103,4 +105,22 @@ outbox = Table(
     Column("claimed_until", Timestamp, nullable=True),
     Index("ix_krolik_outbox_available_at", "available_at"),
     Index("ix_krolik_outbox_task_id", "task_id"),
+    # Rows come and go all the time; a relay deletes the rows it published by id, so
+    # an id must never name a newer row. SQLite reuses the highest ids once their rows
+    # are deleted unless told otherwise (PostgreSQL's identity never does).
+    sqlite_autoincrement=True,
+)
+
+api_keys = Table(
+    "krolik_api_keys",
+    metadata,
+    Column("id", Id, Identity(), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("key_hash", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("revoked_at", Timestamp, nullable=True),
+    CheckConstraint("scope IN ('read', 'submit', 'admin')", name="scope"),
+    Index("ix_krolik_api_keys_name", "name", unique=True),
+    Index("ix_krolik_api_keys_key_hash", "key_hash", unique=True),
 )

@@ -91,12 +91,33 @@ async def execute(run: Run) -> Outcome:
     if exc is not None:
         return Outcome(
             OutcomeKind.FAILED,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback="".join(traceback.format_exception(exc)),
+            error=_storable(f"{type(exc).__name__}: {exc}"),
+            traceback=_storable("".join(traceback.format_exception(exc))),
         )
     result = handler_task.result()
     try:
         orjson.dumps(result)
     except TypeError as err:
         return Outcome(OutcomeKind.FAILED, error=f"the result is not JSON: {err}")
+    if _has_nul(result):
+        return Outcome(
+            OutcomeKind.FAILED,
+            error="the result cannot be stored: NUL characters (\\u0000) are not allowed",
+        )
     return Outcome(OutcomeKind.SUCCEEDED, result=result)
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL characters; show them escaped instead."""
+    return text.replace("\x00", "\\x00")
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a JSON value (already known to serialise) holds a NUL in a string or key."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False

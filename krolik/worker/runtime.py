@@ -22,7 +22,7 @@ from krolik.broker.base import Broker, Delivery, MalformedMessage, Subscription,
 from krolik.errors import StoreError, StoreUnavailable
 from krolik.events import Observer
 from krolik.log import get_logger
-from krolik.registry import Registry
+from krolik.registry import Handler, Registry
 from krolik.retry import BackoffPolicy
 from krolik.service import LoopService
 from krolik.settings import Settings
@@ -91,6 +91,7 @@ class Worker:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._accepting = False
         self._claiming = 0
+        self._grace_over = False
         self._changed = asyncio.Event()
         self._subscription: Subscription | None = None
         self._heartbeat = _Heartbeat(self)
@@ -106,6 +107,7 @@ class Worker:
     async def start(self) -> None:
         await self.broker.connect()
         self._accepting = True
+        self._grace_over = False
         prefetch = max(self.settings.rabbitmq.prefetch_count, self.concurrency)
         self._subscription = await self.broker.consume(self.queues, prefetch, self._on_delivery)
         self._last_beat = time.monotonic()
@@ -128,6 +130,7 @@ class Worker:
             self._subscription = None
         self._log.info("worker_draining", running=len(self.runs), grace_seconds=grace)
         await self._wait_idle(time.monotonic() + grace)
+        self._grace_over = True
         for run in list(self.runs.values()):
             run.stop(StopReason.SHUTDOWN)
         await self._wait_idle(time.monotonic() + 10)
@@ -178,45 +181,61 @@ class Worker:
             await self._settle(delivery.requeue())
             return
         self._claiming += 1
+        # Shielded: closing the consumer channel (stop(), a lost connection) cancels this
+        # callback, and a claim already committed must still become a run here, or the
+        # task would sit in processing, unheartbeaten, until its lease expired.
+        await asyncio.shield(self._claim_and_start(delivery, message, handler))
+
+    async def _claim_and_start(
+        self, delivery: Delivery, message: TaskMessage, handler: Handler
+    ) -> None:
+        """Claim the task, ack its message and start its run, in the slot already taken.
+
+        It counts as claiming until the run is registered, so ``stop()`` sees every
+        task this worker claimed.
+        """
         try:
-            task = await self.store.claim(
-                message.task_id,
-                self.worker_id,
-                self.settings.worker.lease_seconds,
-                handler.max_attempts or self.settings.retry.default_max_attempts,
+            try:
+                task = await self.store.claim(
+                    message.task_id,
+                    self.worker_id,
+                    self.settings.worker.lease_seconds,
+                    handler.max_attempts or self.settings.retry.default_max_attempts,
+                )
+            except StoreError as exc:
+                self._slots.release()
+                self._log.warning("claim_failed", task_id=message.task_id, error=str(exc))
+                await self._requeue_later(delivery)
+                return
+            if task is None:
+                self._slots.release()
+                self.stats.skipped += 1
+                self._log.info(
+                    "delivery_skipped",
+                    task_id=message.task_id,
+                    redelivered=delivery.redelivered,
+                    reason="not claimable: duplicate, stale, cancelled or not yet due",
+                )
+                await self._settle(delivery.ack())
+                return
+            await self._settle(delivery.ack())
+            self.stats.claimed += 1
+            ref = RunRef(task.id, task.attempts, self.worker_id)
+            run = Run(
+                task=task,
+                ref=ref,
+                handler=handler,
+                timeout_seconds=task.timeout_seconds or handler.timeout_seconds,
             )
-        except StoreError as exc:
-            self._slots.release()
-            self._log.warning("claim_failed", task_id=message.task_id, error=str(exc))
-            await self._requeue_later(delivery)
-            return
+            if self._grace_over:  # stop() already released the others: release this one too
+                run.stop(StopReason.SHUTDOWN)
+            self.runs[task.id] = run
+            runner = asyncio.create_task(self._run(run), name=f"krolik-task-{task.id}")
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
         finally:
             self._claiming -= 1
             self._notify()
-        if task is None:
-            self._slots.release()
-            self.stats.skipped += 1
-            self._log.info(
-                "delivery_skipped",
-                task_id=message.task_id,
-                redelivered=delivery.redelivered,
-                reason="not claimable: duplicate, stale, cancelled or not yet due",
-            )
-            await self._settle(delivery.ack())
-            return
-        await self._settle(delivery.ack())
-        self.stats.claimed += 1
-        ref = RunRef(task.id, task.attempts, self.worker_id)
-        run = Run(
-            task=task,
-            ref=ref,
-            handler=handler,
-            timeout_seconds=task.timeout_seconds or handler.timeout_seconds,
-        )
-        self.runs[task.id] = run
-        runner = asyncio.create_task(self._run(run), name=f"krolik-task-{task.id}")
-        self._runners.add(runner)
-        runner.add_done_callback(self._runners.discard)
 
     async def _settle(self, action: Awaitable[None]) -> None:
         """Ack or requeue; a closed channel already gave the message back."""

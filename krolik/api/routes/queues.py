@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from krolik.api.auth import ReadAccess
 from krolik.api.deps import BrokerDep, SettingsDep, StoreDep
 from krolik.errors import BrokerError
 
@@ -28,7 +29,9 @@ class QueueOut(BaseModel):
 
 
 @router.get("/queues", response_model=list[QueueOut], summary="Every queue, with its counts")
-async def list_queues(store: StoreDep, broker: BrokerDep, settings: SettingsDep) -> list[QueueOut]:
+async def list_queues(
+    store: StoreDep, broker: BrokerDep, settings: SettingsDep, _: ReadAccess
+) -> list[QueueOut]:
     now = datetime.now(UTC)
     stats = {
         item.queue: item for item in await store.queue_stats(settings.metrics.stuck_after_seconds)

@@ -6,8 +6,10 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
+from krolik.api.admission import Admission
+from krolik.api.auth import AdminAccess, Principal, ReadAccess, SubmitAccess
 from krolik.api.deps import ObserverDep, RelayDep, SettingsDep, StoreDep
 from krolik.api.errors import BadRequest
 from krolik.api.request_id import current_request_id
@@ -16,6 +18,8 @@ from krolik.api.schemas import (
     NAME_PATTERN,
     QUEUE_PATTERN,
     Problem,
+    TaskBatch,
+    TaskBatchCreated,
     TaskCreate,
     TaskCreated,
     TaskDetail,
@@ -24,6 +28,7 @@ from krolik.api.schemas import (
 )
 from krolik.builtin_tasks import DEFAULT_TASK_NAME
 from krolik.errors import TaskNotFound
+from krolik.settings import Settings
 from krolik.states import TaskStatus
 from krolik.store.base import NewTask, TaskFilter
 
@@ -60,8 +65,57 @@ async def _create(
     settings: SettingsDep,
     relay: RelayDep,
     observer: ObserverDep,
+    caller: SubmitAccess,
+    request: Request,
 ) -> TaskCreated:
-    new = NewTask(
+    admission: Admission = request.app.state.admission
+    await admission.admit(store, body.queue or settings.default_queue)
+    [enqueued] = await store.enqueue([_new_task(body, settings, caller)])
+    if enqueued.created:
+        observer.task_submitted(enqueued.task)
+        if relay is not None:
+            relay.wake()
+    else:
+        response.status_code = status.HTTP_200_OK
+    return TaskCreated.of(enqueued.task)
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskBatchCreated,
+    summary="Create many tasks in one transaction",
+    responses={422: {"model": Problem, "description": "Too many tasks"}, 503: ERRORS[503]},
+)
+async def create_batch(
+    body: TaskBatch,
+    store: StoreDep,
+    settings: SettingsDep,
+    relay: RelayDep,
+    observer: ObserverDep,
+    caller: SubmitAccess,
+    request: Request,
+) -> TaskBatchCreated:
+    if len(body.tasks) > settings.api.max_batch_size:
+        raise HTTPException(
+            422, f"a batch holds at most {settings.api.max_batch_size} tasks, not {len(body.tasks)}"
+        )
+    admission: Admission = request.app.state.admission
+    for queue in {item.queue or settings.default_queue for item in body.tasks}:
+        await admission.admit(store, queue)
+    enqueued = await store.enqueue([_new_task(item, settings, caller) for item in body.tasks])
+    for item in enqueued:
+        if item.created:
+            observer.task_submitted(item.task)
+    if relay is not None:
+        relay.wake()
+    return TaskBatchCreated(
+        task_ids=[item.task.id for item in enqueued], created=[item.created for item in enqueued]
+    )
+
+
+def _new_task(body: TaskCreate, settings: Settings, caller: Principal) -> NewTask:
+    return NewTask(
         name=body.name or DEFAULT_TASK_NAME,
         queue=body.queue or settings.default_queue,
         payload=body.payload,
@@ -71,15 +125,8 @@ async def _create(
         delay_seconds=body.delay_seconds,
         idempotency_key=body.idempotency_key,
         request_id=current_request_id.get(),
+        created_by=caller.name,
     )
-    [enqueued] = await store.enqueue([new])
-    if enqueued.created:
-        observer.task_submitted(enqueued.task)
-        if relay is not None:
-            relay.wake()
-    else:
-        response.status_code = status.HTTP_200_OK
-    return TaskCreated.of(enqueued.task)
 
 
 router.add_api_route(
@@ -105,6 +152,7 @@ router.add_api_route(
 
 @router.get("", response_model=TaskPage, summary="List tasks, newest first")
 async def list_tasks(
+    _: ReadAccess,
     store: StoreDep,
     settings: SettingsDep,
     task_status: Annotated[TaskStatus | None, Query(alias="status")] = None,
@@ -128,7 +176,7 @@ async def list_tasks(
 @router.get(
     "/{task_id}", response_model=TaskDetail, responses={404: ERRORS[404]}, summary="Read a task"
 )
-async def get_task(task_id: TaskId, store: StoreDep) -> TaskDetail:
+async def get_task(task_id: TaskId, store: StoreDep, _: ReadAccess) -> TaskDetail:
     task = await store.get(task_id)
     if task is None:
         raise TaskNotFound(f"task {task_id} does not exist")
@@ -143,7 +191,7 @@ async def get_task(task_id: TaskId, store: StoreDep) -> TaskDetail:
     description="A pending task is cancelled at once and never runs; a running one "
     "is asked to stop (cancel_requested) and becomes cancelled when it does.",
 )
-async def cancel_task(task_id: TaskId, store: StoreDep) -> TaskOut:
+async def cancel_task(task_id: TaskId, store: StoreDep, _: AdminAccess) -> TaskOut:
     return TaskOut.of(await store.cancel(task_id))
 
 
@@ -154,7 +202,7 @@ async def cancel_task(task_id: TaskId, store: StoreDep) -> TaskOut:
     summary="Retry a dead task",
     description="A failed or cancelled task goes back to pending with fresh attempts.",
 )
-async def retry_task(task_id: TaskId, store: StoreDep, relay: RelayDep) -> TaskOut:
+async def retry_task(task_id: TaskId, store: StoreDep, relay: RelayDep, _: AdminAccess) -> TaskOut:
     task = await store.retry(task_id)
     if relay is not None:
         relay.wake()

@@ -1,0 +1,134 @@
+"""API keys: made by the CLI, stored hashed, sent as ``Authorization: Bearer <key>``.
+
+Scopes nest: ``read`` reads tasks and queues, ``submit`` also creates tasks,
+``admin`` also cancels and retries. Keys are random 256-bit secrets, so a plain
+SHA-256 is the right hash (no password stretching needed), and the lookup is by
+hash. Checked keys are cached per process for a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from krolik.api.deps import SettingsDep, StoreDep
+from krolik.api.rate_limit import RateLimiter
+from krolik.settings import Settings
+from krolik.store.base import ApiKey, TaskStore
+
+KEY_PREFIX = "krolik_"
+
+
+class Scope(IntEnum):
+    READ = 1
+    SUBMIT = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, name: str) -> Scope:
+        return cls[name.upper()]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key's name and scope, or anonymous when auth is off."""
+
+    name: str | None
+    scope: Scope
+    client: str
+
+    @property
+    def rate_key(self) -> str:
+        return f"key:{self.name}" if self.name else f"addr:{self.client}"
+
+
+class AuthError(Exception):
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyCache:
+    """Keys checked recently, so a request does not cost a query to authenticate."""
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl = ttl_seconds
+        self._seen: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def find(self, store: TaskStore, key_hash: str) -> ApiKey | None:
+        now = time.monotonic()
+        cached = self._seen.get(key_hash)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        found = await store.find_api_key(key_hash)
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[key_hash] = (now, found)
+        return found
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key made with `krolik keys create`.")
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that lets through callers holding ``scope`` (or more)."""
+
+    async def check(
+        request: Request,
+        store: StoreDep,
+        settings: SettingsDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        principal = await _identify(request, store, settings, credentials, scope)
+        limiter: RateLimiter = request.app.state.rate_limiter
+        if limiter.enabled:
+            await limiter.hit(principal.rate_key)
+        return principal
+
+    return check
+
+
+async def _identify(
+    request: Request,
+    store: TaskStore,
+    settings: Settings,
+    credentials: HTTPAuthorizationCredentials | None,
+    scope: Scope,
+) -> Principal:
+    client = request.client.host if request.client else "unknown"
+    if not settings.auth.enabled:
+        return Principal(name=None, scope=Scope.ADMIN, client=client)
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthError(401, "an API key is required: Authorization: Bearer <key>")
+    cache: KeyCache = request.app.state.key_cache
+    key = await cache.find(store, hash_key(credentials.credentials))
+    if key is None:
+        raise AuthError(401, "the API key is not valid or was revoked")
+    granted = Scope.parse(key.scope)
+    if granted < scope:
+        raise AuthError(
+            403, f"the key {key.name!r} has scope {key.scope}; this needs {scope.name.lower()}"
+        )
+    return Principal(name=key.name, scope=granted, client=client)
+
+
+ReadAccess = Annotated[Principal, Depends(require(Scope.READ))]
+SubmitAccess = Annotated[Principal, Depends(require(Scope.SUBMIT))]
+AdminAccess = Annotated[Principal, Depends(require(Scope.ADMIN))]
