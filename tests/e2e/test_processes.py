@@ -1,0 +1,188 @@
+"""The real ``krolik api`` / ``worker`` / ``relay`` processes, crashed and stopped for real."""
+
+from __future__ import annotations
+
+import signal
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from krolik.states import TaskStatus
+from krolik.store.base import Task, TaskFilter
+from krolik.store.postgres import PostgresTaskStore
+from tests.conftest import AMQP_URL
+from tests.e2e.conftest import Cluster, wait_until
+from tests.support.proxy import TcpProxy
+
+pytestmark = pytest.mark.e2e
+
+FINAL = {TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED}
+
+
+async def post_task(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> int:
+    response = await client.post(f"{url}/tasks/", json=body)
+    assert response.status_code == 201, response.text
+    task_id: int = response.json()["task_id"]
+    return task_id
+
+
+async def wait_status(
+    store: PostgresTaskStore, task_id: int, status: TaskStatus, timeout: float = 20
+) -> Task:
+    async def reached() -> Task | None:
+        task = await store.get(task_id)
+        return task if task is not None and task.status is status else None
+
+    return await wait_until(reached, timeout, f"task {task_id} is {status.value}")
+
+
+def worker_pid(task: Task) -> int | None:
+    """Worker ids are ``host-pid-suffix``."""
+    if task.worker_id is None:
+        return None
+    return int(task.worker_id.rsplit("-", 2)[-2])
+
+
+async def processing_tasks(store: PostgresTaskStore) -> list[Task]:
+    return await store.list_tasks(
+        TaskFilter(status=TaskStatus.PROCESSING), before_id=None, limit=100
+    )
+
+
+async def test_seed_client_through_real_processes(
+    cluster: Cluster, store: PostgresTaskStore
+) -> None:
+    api = await cluster.api()
+    cluster.worker()
+    async with httpx.AsyncClient(timeout=10) as client:
+        with_slash = await client.post(f"{api.url}/tasks/", json={"payload": "hi"})
+        without_slash = await client.post(
+            f"{api.url}/tasks", json={"payload": "hi"}, follow_redirects=False
+        )
+        assert with_slash.status_code == 201, with_slash.text
+        assert without_slash.status_code == 201, without_slash.text  # no 307 redirect
+        ids = [with_slash.json()["task_id"], without_slash.json()["task_id"]]
+        assert ids[0] != ids[1]
+        for task_id in ids:
+
+            async def done(task_id: int = task_id) -> dict[str, object] | None:
+                response = await client.get(f"{api.url}/tasks/{task_id}")
+                assert response.status_code == 200, response.text
+                body: dict[str, object] = response.json()
+                return body if body["status"] == "done" else None
+
+            body = await wait_until(done, 20, f"GET /tasks/{task_id} says done")
+            assert body["result"] == "Processed 'hi'"
+            assert body["payload"] == "hi"
+            assert body["attempts"] == 1
+
+
+async def test_worker_killed_mid_task_is_rescued_and_finished_by_another(
+    cluster: Cluster, store: PostgresTaskStore
+) -> None:
+    api = await cluster.api()
+    worker_a = cluster.worker("worker-a")
+    async with httpx.AsyncClient(timeout=10) as client:
+        task_id = await post_task(client, api.url, {"name": "slow", "payload": {"seconds": 3}})
+    running = await wait_status(store, task_id, TaskStatus.PROCESSING)
+    assert worker_pid(running) == worker_a.pid
+    assert running.attempts == 1
+
+    worker_a.kill()  # kill -9 in the middle of the task
+    worker_b = cluster.worker("worker-b")
+
+    done = await wait_status(store, task_id, TaskStatus.DONE, timeout=30)
+    assert done.attempts == 2
+    assert done.result["pid"] == worker_b.pid
+    assert done.result["attempt"] == 2
+    assert await processing_tasks(store) == []
+
+
+async def test_api_killed_after_commit_loses_no_task(
+    cluster: Cluster, store: PostgresTaskStore
+) -> None:
+    amqp = urlsplit(AMQP_URL)
+    proxy = TcpProxy(amqp.hostname or "127.0.0.1", amqp.port or 5672)
+    await proxy.start()
+    await proxy.cut()  # RabbitMQ looks down to this API: its relay cannot publish
+    via_proxy = {"APP__RABBITMQ__URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/"}
+    try:
+        first = await cluster.api("api-1", env=via_proxy)
+        async with httpx.AsyncClient(timeout=10) as client:
+            ids = [
+                await post_task(client, first.url, {"name": "echo", "payload": {"n": n}})
+                for n in range(5)
+            ]
+        for task_id in ids:
+            task = await store.get(task_id)
+            assert task is not None
+            assert task.status is TaskStatus.PENDING
+        first.proc.kill()  # right after the commits, nothing was published
+
+        await proxy.restore()
+        await cluster.api("api-2", env=via_proxy)
+        cluster.worker()
+
+        for n, task_id in enumerate(ids):
+            done = await wait_status(store, task_id, TaskStatus.DONE, timeout=30)
+            assert done.result == {"n": n}
+            assert done.attempts == 1
+    finally:
+        await proxy.stop()
+
+
+async def test_relay_process_publishes_what_a_killed_api_committed(
+    cluster: Cluster, store: PostgresTaskStore
+) -> None:
+    """As above, but a standalone ``krolik relay`` picks the orphaned outbox up."""
+    amqp = urlsplit(AMQP_URL)
+    proxy = TcpProxy(amqp.hostname or "127.0.0.1", amqp.port or 5672)
+    await proxy.start()
+    await proxy.cut()
+    try:
+        api = await cluster.api(
+            env={"APP__RABBITMQ__URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/"}
+        )
+        async with httpx.AsyncClient(timeout=10) as client:
+            ids = [
+                await post_task(client, api.url, {"name": "echo", "payload": n}) for n in range(3)
+            ]
+        api.proc.kill()
+        cluster.relay()
+        cluster.worker()
+        for n, task_id in enumerate(ids):
+            done = await wait_status(store, task_id, TaskStatus.DONE, timeout=30)
+            assert done.result == n
+    finally:
+        await proxy.stop()
+
+
+async def test_sigterm_releases_the_running_task_without_counting_the_attempt(
+    cluster: Cluster, store: PostgresTaskStore
+) -> None:
+    api = await cluster.api()
+    worker_a = cluster.worker("worker-a", env={"APP__WORKER__SHUTDOWN_GRACE_SECONDS": "1"})
+    async with httpx.AsyncClient(timeout=10) as client:
+        task_id = await post_task(client, api.url, {"name": "slow", "payload": {"seconds": 4}})
+    running = await wait_status(store, task_id, TaskStatus.PROCESSING)
+    assert worker_pid(running) == worker_a.pid
+
+    signalled = time.monotonic()
+    worker_a.send(signal.SIGTERM)
+    code = await worker_a.wait_exit(timeout=10)
+    took = time.monotonic() - signalled
+    assert code == 0, f"exit code {code} after {took:.1f}s:\n{worker_a.tail()}"
+    assert took < 8, f"the worker took {took:.1f}s to stop with a 1s grace"
+
+    released = await store.get(task_id)
+    assert released is not None
+    assert released.status is TaskStatus.PENDING
+    assert released.attempts == 0  # the interrupted attempt is not counted
+    assert released.worker_id is None
+
+    worker_b = cluster.worker("worker-b")
+    done = await wait_status(store, task_id, TaskStatus.DONE, timeout=30)
+    assert done.attempts == 1
+    assert done.result["pid"] == worker_b.pid
