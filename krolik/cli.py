@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import signal
 import sys
@@ -74,24 +75,31 @@ def load_registry(module: str | None) -> Registry:
     return builtin_registry.merged(user)
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, installed before anything slow starts."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal_received")
+    return stop
 
 
-async def _retrying(what: str, connect: object, interval: float = 2.0) -> None:
-    """Start-up waits for its services instead of crashing (containers start in any order)."""
-    while True:
+async def _retrying(
+    what: str, connect: Callable[[], Awaitable[None]], stop: asyncio.Event, interval: float = 2.0
+) -> bool:
+    """Wait for a service instead of crashing (containers start in any order).
+
+    False when a signal asked the process to stop first.
+    """
+    while not stop.is_set():
         try:
-            await connect()  # type: ignore[operator]
-            return
+            await connect()
+            return True
         except (BrokerUnavailable, StoreUnavailable) as exc:
             log.warning("waiting_for_service", service=what, error=str(exc))
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    return False
 
 
 @cli.command()
@@ -166,14 +174,17 @@ async def _run_worker(
         observer=metrics,
     )
     rescuer = LeaseRescuer(store, settings.maintenance, metrics)
+    stop = _stop_on_signals()
     probe = probe_server(the_worker, metrics, metrics_host, metrics_port) if metrics_port else None
     serving = asyncio.create_task(probe.serve()) if probe else None
-    await store.open()
-    await _retrying("database", store.ping)
-    await _retrying("rabbitmq", the_worker.start)
-    rescuer.start()
     try:
-        await _until_signalled()
+        await store.open()
+        if await _retrying("database", store.ping, stop) and await _retrying(
+            "rabbitmq", the_worker.start, stop
+        ):
+            rescuer.start()
+            await stop.wait()
+            log.info("signal_received")
     finally:
         await the_worker.stop()
         await rescuer.stop()
@@ -215,10 +226,12 @@ def relay() -> None:
 async def _run_relay(settings: Settings) -> None:
     store, broker = build_store(settings), build_broker(settings)
     await store.open()
+    stop = _stop_on_signals()
     the_relay = OutboxRelay(store, broker, settings.relay)
     the_relay.start()
     try:
-        await _until_signalled()
+        await stop.wait()
+        log.info("signal_received")
     finally:
         await the_relay.stop()
         await broker.close()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
@@ -37,12 +41,42 @@ class Handler:
     is_async: bool = True
 
     async def run(self, payload: JSON, context: TaskContext) -> JSON:
-        """Run the handler; a plain function runs in a worker thread."""
+        """Run the handler; a plain function runs in a thread of its own."""
         kwargs = {"context": context} if self.wants_context else {}
         if self.is_async:
             result: Awaitable[JSON] = self.func(payload, **kwargs)
             return await result
-        return await asyncio.to_thread(self.func, payload, **kwargs)
+        return await run_in_daemon_thread(functools.partial(self.func, payload, **kwargs))
+
+
+async def run_in_daemon_thread(call: Callable[[], Any]) -> Any:
+    """Run ``call`` in a daemon thread and await its result.
+
+    A thread cannot be cancelled. A daemon thread at least does not keep a worker
+    alive after it released the task on shutdown, as a thread of the default pool
+    would (the interpreter waits for those at exit). The worker's slots bound how
+    many such threads run at once.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def target() -> None:
+        try:
+            value = context.run(call)
+        except BaseException as exc:
+            outcome = functools.partial(future.set_exception, exc)
+        else:
+            outcome = functools.partial(future.set_result, value)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=target, name="krolik-handler", daemon=True).start()
+    return await future
 
 
 @dataclass
