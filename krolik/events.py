@@ -39,7 +39,8 @@ class Observer:
         """The relay published ``count`` messages, all confirmed."""
 
     def outbox_publish_failed(self, count: int) -> None:
-        """The relay could not publish a batch of ``count``; it will try again."""
+        """The relay could not publish a batch of ``count`` (0: it could not even
+        connect); it will try again."""
 
 
 class Observers(Observer):

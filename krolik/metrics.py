@@ -34,7 +34,7 @@ from krolik.store.base import OutboxStats, QueueStats, Task, TaskStore
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreGauges"]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
-DEAD_LETTER_REASONS = ("malformed", "unknown_handler")  # what the worker reports
+DEAD_LETTER_REASONS = ("malformed", "unknown_handler", "missing_task")  # what the worker reports
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 

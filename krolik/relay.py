@@ -37,6 +37,11 @@ class OutboxRelay(LoopService):
         self.published = 0
         self._connected = False
 
+    async def stop(self) -> None:
+        await super().stop()
+        # Whoever owns the broker may close it now: a later start() connects again.
+        self._connected = False
+
     async def _ensure_connected(self) -> bool:
         if self._connected:
             return True
@@ -44,6 +49,7 @@ class OutboxRelay(LoopService):
             await self.broker.connect()
         except BrokerUnavailable as exc:
             log.warning("relay_broker_unavailable", error=str(exc))
+            self.observer.outbox_publish_failed(0)
             return False
         self._connected = True
         log.info("relay_connected")
