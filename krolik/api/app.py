@@ -26,6 +26,7 @@ from krolik.metrics import HttpMetrics, Metrics, StoreGauges
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
+from krolik.store.group_commit import GroupCommitter
 
 log = get_logger(__name__)
 
@@ -101,6 +102,7 @@ def create_app(
     app.state.relay = relay
     app.state.observer = observer
     app.state.metrics = the_metrics
+    app.state.committer = GroupCommitter(the_store)
     app.state.key_cache = KeyCache(settings.auth.cache_seconds)
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.admission = Admission(settings.api)

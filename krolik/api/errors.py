@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from krolik.api.auth import AuthError
 from krolik.api.rate_limit import RateLimited
+from krolik.api.schemas import Problem
 from krolik.errors import (
     BrokerUnavailable,
     InvalidTransition,
@@ -19,6 +24,17 @@ from krolik.log import get_logger
 log = get_logger(__name__)
 RETRY_AFTER_SECONDS = "5"
 
+GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No valid API key (with APP__AUTH__ENABLED)"},
+    403: {"model": Problem, "description": "The API key's scope does not allow this"},
+    429: {"model": Problem, "description": "Rate limit exceeded; see Retry-After"},
+    503: {
+        "model": Problem,
+        "description": "The store or broker is unavailable, or the queue is full; see Retry-After",
+    },
+}
+"""What every route behind an API key may answer besides its own results."""
+
 
 class BadRequest(Exception):
     """A request that validation could not catch by its shape (e.g. a bad cursor)."""
@@ -29,6 +45,14 @@ class BadRequest(Exception):
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each invalid input back, and answers 500 when one
+        # holds NaN or Infinity (Python's JSON parser accepts them, JSON has neither) or
+        # is nested too deep to encode. The caller has its input: say where and why only.
+        errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
     @app.exception_handler(TaskNotFound)
     async def not_found(_: Request, exc: TaskNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
@@ -20,12 +21,20 @@ QueueName = Annotated[str, Field(pattern=QUEUE_PATTERN)]
 
 
 def check_json(value: Any, depth: int = 0) -> None:
-    """Reject what PostgreSQL cannot store (NUL characters) and absurd nesting."""
+    """Reject what PostgreSQL cannot store (NUL characters, NaN and Infinity, which
+    Python's JSON parser accepts and JSON has not), integers beyond 64 bits (the JSON
+    encoder's range) and absurd nesting."""
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"the payload is nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("NUL characters (\\u0000) are not allowed in the payload")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("NaN and Infinity are not JSON numbers")
+    elif isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise ValueError("integers in the payload must fit in 64 bits")
     elif isinstance(value, dict):
         for key, item in value.items():
             check_json(key, depth + 1)
@@ -148,6 +157,18 @@ class TaskPage(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """What a request failing validation gets (FastAPI's shape)."""
+
+    detail: list[ValidationIssue]
 
 
 class Health(BaseModel):

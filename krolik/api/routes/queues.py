@@ -9,9 +9,10 @@ from pydantic import BaseModel, Field
 
 from krolik.api.auth import ReadAccess
 from krolik.api.deps import BrokerDep, SettingsDep, StoreDep
+from krolik.api.errors import GUARDED_RESPONSES
 from krolik.errors import BrokerError
 
-router = APIRouter(tags=["queues"])
+router = APIRouter(tags=["queues"], responses=GUARDED_RESPONSES)
 
 
 class QueueOut(BaseModel):

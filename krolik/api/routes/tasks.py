@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from krolik.api.admission import Admission
 from krolik.api.auth import AdminAccess, Principal, ReadAccess, SubmitAccess
 from krolik.api.deps import ObserverDep, RelayDep, SettingsDep, StoreDep
-from krolik.api.errors import BadRequest
+from krolik.api.errors import GUARDED_RESPONSES, BadRequest
 from krolik.api.request_id import current_request_id
 from krolik.api.schemas import (
     MAX_ID,
@@ -25,20 +25,27 @@ from krolik.api.schemas import (
     TaskDetail,
     TaskOut,
     TaskPage,
+    ValidationProblem,
 )
 from krolik.builtin_tasks import DEFAULT_TASK_NAME
 from krolik.errors import TaskNotFound
 from krolik.settings import Settings
 from krolik.states import TaskStatus
 from krolik.store.base import NewTask, TaskFilter
+from krolik.store.group_commit import GroupCommitter
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=GUARDED_RESPONSES)
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The task's id.")]
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not readable, or the cursor is not valid"},
     404: {"model": Problem, "description": "No such task"},
     409: {"model": Problem, "description": "The task's state does not allow it"},
-    503: {"model": Problem, "description": "The store is unavailable"},
+    413: {"model": Problem, "description": "The body is larger than APP__API__MAX_PAYLOAD_BYTES"},
+    422: {
+        "model": ValidationProblem | Problem,
+        "description": "The request is not valid (or names a queue not allowed)",
+    },
 }
 
 
@@ -70,7 +77,8 @@ async def _create(
 ) -> TaskCreated:
     admission: Admission = request.app.state.admission
     await admission.admit(store, body.queue or settings.default_queue)
-    [enqueued] = await store.enqueue([_new_task(body, settings, caller)])
+    committer: GroupCommitter = request.app.state.committer
+    enqueued = await committer.enqueue(_new_task(body, settings, caller))
     if enqueued.created:
         observer.task_submitted(enqueued.task)
         if relay is not None:
@@ -85,7 +93,7 @@ async def _create(
     status_code=status.HTTP_201_CREATED,
     response_model=TaskBatchCreated,
     summary="Create many tasks in one transaction",
-    responses={422: {"model": Problem, "description": "Too many tasks"}, 503: ERRORS[503]},
+    responses={400: ERRORS[400], 413: ERRORS[413], 422: ERRORS[422]},
 )
 async def create_batch(
     body: TaskBatch,
@@ -138,7 +146,12 @@ router.add_api_route(
     summary="Create a task",
     description="201 with the new task; 200 with the existing one when the idempotency key "
     "was seen before.",
-    responses={503: ERRORS[503]},
+    responses={
+        200: {"model": TaskCreated, "description": "The task of an idempotency key seen before"},
+        400: ERRORS[400],
+        413: ERRORS[413],
+        422: ERRORS[422],
+    },
 )
 router.add_api_route(
     "",
@@ -150,7 +163,12 @@ router.add_api_route(
 )
 
 
-@router.get("", response_model=TaskPage, summary="List tasks, newest first")
+@router.get(
+    "",
+    response_model=TaskPage,
+    responses={400: ERRORS[400]},
+    summary="List tasks, newest first",
+)
 async def list_tasks(
     _: ReadAccess,
     store: StoreDep,
