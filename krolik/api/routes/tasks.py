@@ -57,6 +57,8 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, number = raw.partition(":")
+        if not number.isascii() or not number.isdigit():
+            raise ValueError(raw)
         value = int(number)
         if prefix != "id" or not 0 < value <= MAX_ID:
             raise ValueError(raw)
