@@ -1,0 +1,189 @@
+"""The core HTTP scenarios, run in both modes Krolik ships.
+
+* production: PostgreSQL store, RabbitMQ broker, the app's relay and a started worker
+  (the ``api`` and ``make_worker`` fixtures of ``tests/conftest.py``);
+* embedded: what ``krolik dev`` runs, ``Embedded`` (SQLite, in-process broker, worker,
+  rescuer) under the same app.
+
+The tests only speak HTTP, so a scenario that passes in one mode and not in the other
+is a difference between the stores or the brokers behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from krolik.api.app import create_app
+from krolik.builtin_tasks import builtin_registry
+from krolik.embedded import Embedded
+from krolik.registry import Registry
+from krolik.worker import Worker
+from tests.conftest import test_settings as settings_for_tests
+
+MODES = ["production", "embedded"]
+FAILING = "contract.always_fails"
+FAILING_ATTEMPTS = 2
+
+handlers = Registry()
+
+
+@handlers.task(name=FAILING, max_attempts=FAILING_ATTEMPTS)
+async def always_fails(payload: Any) -> None:
+    raise RuntimeError(f"cannot handle {payload!r}")
+
+
+@pytest.fixture
+async def production_client(
+    api: httpx.AsyncClient, make_worker: Callable[..., Awaitable[Worker]]
+) -> httpx.AsyncClient:
+    await make_worker(handlers)
+    return api
+
+
+@pytest.fixture
+async def embedded_client(
+    sqlite_template: Path, tmp_path: Path, run_id: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    data = tmp_path / "krolik.sqlite3"
+    shutil.copyfile(sqlite_template, data)  # migrated already: start-up stays quick
+    settings = settings_for_tests("unused", run_id, embedded={"path": str(data)})
+    embedded = Embedded.build(settings, builtin_registry.merged(handlers))
+    await embedded.start()
+    try:
+        app = create_app(settings, store=embedded.store, broker=embedded.broker)
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://krolik.test"
+            ) as client,
+        ):
+            yield client
+    finally:
+        await embedded.stop()
+
+
+@pytest.fixture(params=MODES, ids=MODES)
+def client(request: pytest.FixtureRequest) -> httpx.AsyncClient:
+    the_client: httpx.AsyncClient = request.getfixturevalue(f"{request.param}_client")
+    return the_client
+
+
+async def submit(client: httpx.AsyncClient, expected: int = 201, **body: Any) -> dict[str, Any]:
+    response = await client.post("/tasks/", json=body)
+    assert response.status_code == expected, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def wait_for(
+    client: httpx.AsyncClient, task_id: int, status: str, timeout: float = 10.0
+) -> dict[str, Any]:
+    """Poll GET /tasks/{id} until the task has ``status``; fail on timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        response = await client.get(f"/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        task: dict[str, Any] = response.json()
+        if task["status"] == status:
+            return task
+        if loop.time() > deadline:
+            raise AssertionError(f"task {task_id} is not {status} after {timeout}s: {task}")
+        await asyncio.sleep(0.02)
+
+
+def stamp(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+async def test_the_seed_request_is_processed(client: httpx.AsyncClient) -> None:
+    created = await submit(client, payload="x")
+    assert created["status"] == "pending"
+    done = await wait_for(client, created["task_id"], "done")
+    assert done["result"] == "Processed 'x'"
+    assert done["payload"] == "x"
+    assert done["attempts"] == 1
+
+
+async def test_a_named_task_runs_its_handler(client: httpx.AsyncClient) -> None:
+    payload = {"text": "żółw 🐇", "n": [1, 2.5, None]}
+    created = await submit(client, name="echo", payload=payload)
+    done = await wait_for(client, created["task_id"], "done")
+    assert done["name"] == "echo"
+    assert done["result"] == payload
+
+
+async def test_a_number_is_a_payload_and_a_result_like_any_other(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await submit(client, name="echo", payload=42)
+    done = await wait_for(client, created["task_id"], "done")
+    assert (done["payload"], done["result"]) == (42, 42)
+
+
+async def test_a_delayed_task_runs_after_its_delay(client: httpx.AsyncClient) -> None:
+    before = datetime.now(UTC)
+    created = await submit(client, name="echo", payload="later", delay_seconds=0.5)
+    run_at = stamp(created["run_at"])
+    assert run_at >= before + timedelta(seconds=0.5)
+    assert (await client.get(f"/tasks/{created['task_id']}")).json()["status"] == "pending"
+    done = await wait_for(client, created["task_id"], "done")
+    assert stamp(done["started_at"]) >= run_at
+    assert done["result"] == "later"
+
+
+async def test_an_idempotency_key_creates_one_task(client: httpx.AsyncClient) -> None:
+    first = await submit(client, payload="once", idempotency_key="order-17")
+    again = await submit(client, 200, payload="twice", idempotency_key="order-17")
+    assert again["task_id"] == first["task_id"]
+    assert again["payload"] == "once"
+    listed = (await client.get("/tasks", params={"limit": 100})).json()["items"]
+    assert [task["id"] for task in listed].count(first["task_id"]) == 1
+
+
+async def test_a_pending_task_can_be_cancelled(client: httpx.AsyncClient) -> None:
+    created = await submit(client, payload="never", delay_seconds=60)
+    response = await client.post(f"/tasks/{created['task_id']}/cancel")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    assert (await client.get(f"/tasks/{created['task_id']}")).json()["status"] == "cancelled"
+    assert (await client.post(f"/tasks/{created['task_id']}/cancel")).status_code == 409
+
+
+async def test_a_failing_task_is_retried_then_failed_and_can_be_retried(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await submit(client, name=FAILING, payload=7)
+    task_id = created["task_id"]
+    failed = await wait_for(client, task_id, "failed")
+    assert failed["attempts"] == FAILING_ATTEMPTS
+    assert failed["max_attempts"] == FAILING_ATTEMPTS
+    assert failed["error"] == "RuntimeError: cannot handle 7"
+    assert "RuntimeError" in failed["traceback"]
+
+    listed = (await client.get("/tasks", params={"status": "failed"})).json()["items"]
+    assert [task["id"] for task in listed] == [task_id]
+
+    response = await client.post(f"/tasks/{task_id}/retry")
+    assert response.status_code == 200, response.text
+    retried = response.json()
+    assert (retried["status"], retried["attempts"], retried["error"]) == ("pending", 0, None)
+    again = await wait_for(client, task_id, "failed")
+    assert again["attempts"] == FAILING_ATTEMPTS
+
+
+async def test_an_unknown_task_is_not_found(client: httpx.AsyncClient) -> None:
+    response = await client.get("/tasks/987654321")
+    assert response.status_code == 404
+    assert response.json()["detail"]
+    assert (await client.post("/tasks/987654321/cancel")).status_code == 404
+    assert (await client.post("/tasks/987654321/retry")).status_code == 404
