@@ -138,7 +138,8 @@ class Registry:
             max_attempts=max_attempts,
             timeout_seconds=timeout,
             wants_context="context" in inspect.signature(func).parameters,
-            is_async=inspect.iscoroutinefunction(func),
+            is_async=inspect.iscoroutinefunction(func)
+            or inspect.iscoroutinefunction(getattr(func, "__call__", None)),
         )
         self.handlers[task_name] = handler
         return handler

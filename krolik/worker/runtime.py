@@ -209,14 +209,7 @@ class Worker:
                 return
             if task is None:
                 self._slots.release()
-                self.stats.skipped += 1
-                self._log.info(
-                    "delivery_skipped",
-                    task_id=message.task_id,
-                    redelivered=delivery.redelivered,
-                    reason="not claimable: duplicate, stale, cancelled or not yet due",
-                )
-                await self._settle(delivery.ack())
+                await self._not_claimed(delivery, message)
                 return
             await self._settle(delivery.ack())
             self.stats.claimed += 1
@@ -236,6 +229,31 @@ class Worker:
         finally:
             self._claiming -= 1
             self._notify()
+
+    async def _not_claimed(self, delivery: Delivery, message: TaskMessage) -> None:
+        """A task that exists but is not claimable (a duplicate, stale, cancelled or not
+        yet due) drops its message; a message naming no task at all is dead-lettered."""
+        try:
+            exists = await self.store.get(message.task_id) is not None
+        except StoreError as exc:
+            self._log.warning("claim_failed", task_id=message.task_id, error=str(exc))
+            await self._requeue_later(delivery)
+            return
+        if not exists:
+            reason = f"task {message.task_id} does not exist"
+            self._log.error("message_dead_lettered", task_id=message.task_id, reason=reason)
+            self.stats.dead_lettered += 1
+            self.observer.message_dead_lettered("missing_task")
+            await self._settle(delivery.dead_letter(reason))
+            return
+        self.stats.skipped += 1
+        self._log.info(
+            "delivery_skipped",
+            task_id=message.task_id,
+            redelivered=delivery.redelivered,
+            reason="not claimable: duplicate, stale, cancelled or not yet due",
+        )
+        await self._settle(delivery.ack())
 
     async def _settle(self, action: Awaitable[None]) -> None:
         """Ack or requeue; a closed channel already gave the message back."""

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from tests.conftest import wait_for_task
 from krolik.states import TaskStatus
+from tests.conftest import wait_for_task
 
 
 async def test_seed_client_posts_and_reads_back(api, store, make_worker):

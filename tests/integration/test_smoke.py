@@ -12,5 +12,6 @@ async def test_a_task_goes_from_enqueue_to_done(store, relay, make_worker):
     done = await wait_for_task(store, enqueued.task.id, TaskStatus.DONE)
     assert done.result == {"a": 1}
     assert done.attempts == 1
-    assert done.finished_at is not None and done.started_at is not None
+    assert done.finished_at is not None
+    assert done.started_at is not None
     assert done.finished_at >= done.started_at
