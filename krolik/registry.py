@@ -138,8 +138,7 @@ class Registry:
             max_attempts=max_attempts,
             timeout_seconds=timeout,
             wants_context="context" in inspect.signature(func).parameters,
-            is_async=inspect.iscoroutinefunction(func)
-            or inspect.iscoroutinefunction(getattr(func, "__call__", None)),
+            is_async=_is_async(func),
         )
         self.handlers[task_name] = handler
         return handler
@@ -156,6 +155,12 @@ class Registry:
     def merged(self, other: Registry) -> Registry:
         """A registry holding both; ``other`` wins on a name clash."""
         return Registry({**self.handlers, **other.handlers})
+
+
+def _is_async(func: HandlerFunc) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    call = type(func).__call__ if not inspect.isfunction(func) else None
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
 
 
 default_registry = Registry()

@@ -7,7 +7,10 @@ import contextlib
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to a target.
+
+    ``cut()`` drops every connection and refuses new ones; ``restore()`` listens again.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target_host = target_host
