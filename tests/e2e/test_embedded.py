@@ -1,0 +1,86 @@
+"""``krolik dev`` as a new user runs it: one process, a SQLite file, killed with -9."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Cluster, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+# Nothing of PostgreSQL or RabbitMQ: the embedded mode needs neither.
+NO_SERVICES = {"APP__DB__URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+               "APP__RABBITMQ__URL": "amqp://nobody:x@127.0.0.1:1/"}
+
+
+async def _start_dev(cluster: Cluster, data: Path, port: int) -> Any:
+    proc = cluster.spawn(
+        "dev", "dev", "--port", str(port), "--data", str(data), "--app", "tests.e2e.handlers",
+        env=NO_SERVICES,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(timeout=2) as client:
+
+        async def ready() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"krolik dev exited early:\n{proc.tail()}")
+            try:
+                return (await client.get(f"{url}/health/ready")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(ready, 60, "krolik dev answers /health/ready")
+    return proc, url
+
+
+async def test_tasks_survive_a_kill_9_of_krolik_dev(cluster: Cluster, tmp_path: Path) -> None:
+    data = tmp_path / "tasks.sqlite3"
+    port = free_port()
+    proc, url = await _start_dev(cluster, data, port)
+    assert f"listening on {url}" in proc.log()
+    assert str(data) in proc.log()
+
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        done = (await client.post("/tasks/", json={"payload": "kept"})).json()["task_id"]
+        running = (
+            await client.post("/tasks/", json={"name": "sleep", "payload": {"seconds": 4}})
+        ).json()["task_id"]
+        later = (
+            await client.post("/tasks/", json={"payload": "later", "delay_seconds": 3})
+        ).json()["task_id"]
+
+        async def status(task_id: int) -> str:
+            return str((await client.get(f"/tasks/{task_id}")).json()["status"])
+
+        await wait_until(lambda: _is(status(done), "done"), 20, "the first task is done")
+        await wait_until(lambda: _is(status(running), "processing"), 20, "the sleep runs")
+
+    proc.send(signal.SIGKILL)
+    assert await proc.wait_exit(10) is not None
+
+    _, url = await _start_dev(cluster, data, port)
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        first = (await client.get(f"/tasks/{done}")).json()
+        assert first["status"] == "done"
+        assert first["result"] == "Processed 'kept'"
+
+        async def final(task_id: int) -> dict[str, Any] | None:
+            body: dict[str, Any] = (await client.get(f"/tasks/{task_id}")).json()
+            return body if body["status"] in ("done", "failed") else None
+
+        rescued = await wait_until(lambda: final(running), 60, "the killed run is finished")
+        delayed = await wait_until(lambda: final(later), 30, "the delayed task ran")
+    # The run killed with the process came back at once (its attempt counted) and ran again.
+    assert rescued["attempts"] == 2
+    assert rescued["status"] == "done"
+    assert delayed["status"] == "done"
+    assert delayed["result"] == "Processed 'later'"
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
