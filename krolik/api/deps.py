@@ -1,4 +1,8 @@
-"""Dependencies of the routes: what the app factory put on ``app.state``."""
+"""Dependencies of the routes: what the app factory put on ``app.state``.
+
+They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a
+thread pool, which costs more than the lookup itself on every request.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +17,27 @@ from krolik.settings import Settings
 from krolik.store.base import TaskStore
 
 
-def _store(request: Request) -> TaskStore:
+async def _store(request: Request) -> TaskStore:
     store: TaskStore = request.app.state.store
     return store
 
 
-def _broker(request: Request) -> Broker:
+async def _broker(request: Request) -> Broker:
     broker: Broker = request.app.state.broker
     return broker
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _relay(request: Request) -> OutboxRelay | None:
+async def _relay(request: Request) -> OutboxRelay | None:
     relay: OutboxRelay | None = request.app.state.relay
     return relay
 
 
-def _observer(request: Request) -> Observer:
+async def _observer(request: Request) -> Observer:
     observer: Observer = request.app.state.observer
     return observer
 

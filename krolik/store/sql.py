@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     ColumnElement,
     and_,
@@ -59,10 +60,23 @@ FAILED = TaskStatus.FAILED.value
 CANCELLED = TaskStatus.CANCELLED.value
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is away (rather than refusing a statement)."""
     if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg's own errors, where the driver is used directly.
+    return isinstance(
+        exc,
+        asyncpg.InterfaceError | asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError,
+    )
+
+
+def raise_if_unavailable(exc: BaseException) -> None:
+    """Raise ``StoreUnavailable`` (from ``exc``) if ``exc`` means the database is away."""
+    if is_unavailable(exc):
+        raise StoreUnavailable(f"the task store cannot be reached: {type(exc).__name__}") from exc
 
 
 def _aware(stamp: Any) -> Any:
@@ -135,10 +149,7 @@ class SqlTaskStore(TaskStore):
         except (TaskNotFound, InvalidTransition):
             raise
         except Exception as exc:
-            if _is_unavailable(exc):
-                raise StoreUnavailable(
-                    f"the task store cannot be reached: {type(exc).__name__}"
-                ) from exc
+            raise_if_unavailable(exc)
             raise
 
     async def open(self) -> None:
