@@ -17,6 +17,7 @@ from krolik.api.rate_limit import RateLimiter
 from krolik.api.request_id import RequestId
 from krolik.api.routes import health, queues, tasks
 from krolik.api.routes import metrics as metrics_route
+from krolik.batching import MicroBatcher
 from krolik.broker.base import Broker
 from krolik.components import build_broker, build_store
 from krolik.errors import BrokerUnavailable
@@ -26,7 +27,6 @@ from krolik.metrics import HttpMetrics, Metrics, StoreGauges
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
-from krolik.store.group_commit import GroupCommitter
 
 log = get_logger(__name__)
 
@@ -102,7 +102,8 @@ def create_app(
     app.state.relay = relay
     app.state.observer = observer
     app.state.metrics = the_metrics
-    app.state.committer = GroupCommitter(the_store)
+    # Group commit: concurrent submissions share one transaction.
+    app.state.committer = MicroBatcher(the_store.enqueue)
     app.state.key_cache = KeyCache(settings.auth.cache_seconds)
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.admission = Admission(settings.api)

@@ -76,6 +76,12 @@ class RunRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    task_id: int
+    default_max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxEntry:
     id: int
     task_id: int
@@ -184,6 +190,15 @@ class TaskStore(ABC):
         """
 
     @abstractmethod
+    async def claim_many(
+        self, claims: Sequence[Claim], worker_id: str, lease_seconds: float
+    ) -> list[Task | None]:
+        """``claim`` for many tasks at once; one answer per claim, in order.
+
+        When one id appears twice, only its first claim can succeed.
+        """
+
+    @abstractmethod
     async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[int, bool]:
         """Extend the leases of runs still owned; maps task id -> cancel requested.
 
@@ -192,6 +207,10 @@ class TaskStore(ABC):
 
     @abstractmethod
     async def complete(self, run: RunRef, result: Any) -> bool: ...
+
+    @abstractmethod
+    async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
+        """``complete`` for many runs at once; one answer per run, in order."""
 
     @abstractmethod
     async def retry_later(

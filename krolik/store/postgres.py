@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import Float
 
 from krolik.settings import DatabaseSettings
-from krolik.store.base import Enqueued, NewTask
+from krolik.store.base import Claim, Enqueued, NewTask, RunRef, Task
 from krolik.store.sql import SqlTaskStore, is_unavailable, raise_if_unavailable, row_to_task
 from krolik.store.tables import Timestamp, tasks
 
@@ -46,6 +46,38 @@ WITH new AS (
     SELECT id, queue, name, run_at FROM new
 )
 SELECT * FROM new ORDER BY id
+"""
+
+
+# A worker's claims and completions, many runs per statement (the guards of sql.py's
+# claim and complete, row by row).
+CLAIM_MANY_SQL = """
+UPDATE krolik_tasks AS t
+SET status = 'processing',
+    attempts = t.attempts + 1,
+    max_attempts = coalesce(t.max_attempts, c.default_max),
+    worker_id = $3,
+    lease_expires_at = clock_timestamp() + make_interval(secs => $4),
+    started_at = clock_timestamp(),
+    updated_at = clock_timestamp()
+FROM unnest($1::bigint[], $2::int[]) AS c(id, default_max)
+WHERE t.id = c.id AND t.status = 'pending' AND t.run_at <= clock_timestamp()
+RETURNING t.*
+"""
+
+COMPLETE_MANY_SQL = """
+UPDATE krolik_tasks AS t
+SET status = 'done',
+    result = c.result::jsonb,
+    error = NULL,
+    traceback = NULL,
+    lease_expires_at = NULL,
+    finished_at = clock_timestamp(),
+    updated_at = clock_timestamp()
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[]) AS c(id, attempt, worker, result)
+WHERE t.id = c.id AND t.status = 'processing' AND t.attempts = c.attempt
+  AND t.worker_id = c.worker
+RETURNING t.id, t.attempts
 """
 
 
@@ -106,25 +138,58 @@ class PostgresTaskStore(SqlTaskStore):
             ):
                 column.append(value)
         try:
+            records = await self._fetch(ENQUEUE_SQL, *columns)
+        except asyncpg.PostgresError:
+            # Data PostgreSQL refuses: the general path raises the same error as every
+            # other statement of the store does (nothing of the batch was written).
+            return await super().enqueue(new_tasks)
+        # SQLAlchemy's asyncpg codecs already decoded the JSON columns.
+        return [Enqueued(row_to_task(record), created=True) for record in records]
+
+    async def claim_many(
+        self, claims: Sequence[Claim], worker_id: str, lease_seconds: float
+    ) -> list[Task | None]:
+        if not claims:
+            return []
+        records = await self._fetch(
+            CLAIM_MANY_SQL,
+            [claim.task_id for claim in claims],
+            [claim.default_max_attempts for claim in claims],
+            worker_id,
+            float(lease_seconds),
+        )
+        claimed = {record["id"]: row_to_task(record) for record in records}
+        # One winner per id: the first claim naming it.
+        return [claimed.pop(claim.task_id, None) for claim in claims]
+
+    async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
+        if not completions:
+            return []
+        records = await self._fetch(
+            COMPLETE_MANY_SQL,
+            [run.task_id for run, _ in completions],
+            [run.attempt for run, _ in completions],
+            [run.worker_id for run, _ in completions],
+            [json_dumps(result) for _, result in completions],
+        )
+        done = {(record["id"], record["attempts"]) for record in records}
+        return [(run.task_id, run.attempt) in done for run, _ in completions]
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """One statement on the driver directly: one round trip, its own transaction."""
+        try:
             async with self.engine.connect() as conn:
                 raw = (await conn.get_raw_connection()).driver_connection
                 assert raw is not None
                 try:
-                    records = await raw.fetch(ENQUEUE_SQL, *columns)
+                    return list(await raw.fetch(sql, *args))
                 except Exception as exc:
                     if is_unavailable(exc):  # SQLAlchemy did not see it: drop the connection
                         await conn.invalidate()
                     raise
-        except asyncpg.PostgresError as exc:
-            raise_if_unavailable(exc)
-            # Data PostgreSQL refuses: the general path raises the same error as every
-            # other statement of the store does (nothing of the batch was written).
-            return await super().enqueue(new_tasks)
         except Exception as exc:
             raise_if_unavailable(exc)
             raise
-        # SQLAlchemy's asyncpg codecs already decoded the JSON columns.
-        return [Enqueued(row_to_task(record), created=True) for record in records]
 
     def _due_at(self) -> ColumnElement[datetime]:
         return func.coalesce(

@@ -40,6 +40,7 @@ from krolik.errors import InvalidTransition, StoreUnavailable, TaskNotFound
 from krolik.states import TaskStatus
 from krolik.store.base import (
     ApiKey,
+    Claim,
     Enqueued,
     NewTask,
     OutboxEntry,
@@ -387,6 +388,18 @@ class SqlTaskStore(TaskStore):
             row = (await conn.execute(stmt)).mappings().first()
         return row_to_task(row) if row else None
 
+    async def claim_many(
+        self, claims: Sequence[Claim], worker_id: str, lease_seconds: float
+    ) -> list[Task | None]:
+        answers: list[Task | None] = []
+        for claim in claims:
+            answers.append(
+                await self.claim(
+                    claim.task_id, worker_id, lease_seconds, claim.default_max_attempts
+                )
+            )
+        return answers
+
     def _owned(self, run: RunRef) -> ColumnElement[bool]:
         return and_(
             tasks.c.id == run.task_id,
@@ -425,6 +438,9 @@ class SqlTaskStore(TaskStore):
 
     async def complete(self, run: RunRef, result: Any) -> bool:
         return await self._finish(run, status=DONE, result=result, error=None, traceback=None)
+
+    async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
+        return [await self.complete(run, result) for run, result in completions]
 
     async def fail(self, run: RunRef, error: str, traceback: str | None) -> bool:
         return await self._finish(run, status=FAILED, error=error, traceback=traceback)

@@ -16,8 +16,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from krolik.batching import MicroBatcher
 from krolik.broker.base import Broker, Delivery, MalformedMessage, Subscription, TaskMessage
 from krolik.errors import StoreError, StoreUnavailable
 from krolik.events import Observer
@@ -26,7 +27,7 @@ from krolik.registry import Handler, Registry
 from krolik.retry import BackoffPolicy
 from krolik.service import LoopService
 from krolik.settings import Settings
-from krolik.store.base import RunRef, TaskStore
+from krolik.store.base import Claim, RunRef, Task, TaskStore
 from krolik.worker.executor import Outcome, OutcomeKind, Run, StopReason, execute
 
 log = get_logger(__name__)
@@ -97,6 +98,11 @@ class Worker:
         self._heartbeat = _Heartbeat(self)
         self._last_beat = time.monotonic()
         self._log = log.bind(worker_id=self.worker_id)
+        # Claims and completions of concurrent runs share statements.
+        self._claims: MicroBatcher[Claim, Task | None] = MicroBatcher(self._claim_many)
+        self._completions: MicroBatcher[tuple[RunRef, Any], bool] = MicroBatcher(
+            store.complete_many
+        )
 
     # -- life cycle ----------------------------------------------------------------
     @property
@@ -186,6 +192,11 @@ class Worker:
         # task would sit in processing, unheartbeaten, until its lease expired.
         await asyncio.shield(self._claim_and_start(delivery, message, handler))
 
+    async def _claim_many(self, claims: Sequence[Claim]) -> list[Task | None]:
+        return await self.store.claim_many(
+            claims, self.worker_id, self.settings.worker.lease_seconds
+        )
+
     async def _claim_and_start(
         self, delivery: Delivery, message: TaskMessage, handler: Handler
     ) -> None:
@@ -196,11 +207,11 @@ class Worker:
         """
         try:
             try:
-                task = await self.store.claim(
-                    message.task_id,
-                    self.worker_id,
-                    self.settings.worker.lease_seconds,
-                    handler.max_attempts or self.settings.retry.default_max_attempts,
+                task = await self._claims.submit(
+                    Claim(
+                        message.task_id,
+                        handler.max_attempts or self.settings.retry.default_max_attempts,
+                    )
                 )
             except StoreError as exc:
                 self._slots.release()
@@ -279,7 +290,7 @@ class Worker:
         started = time.monotonic()
         try:
             self.observer.task_started(task)
-            bound.info("task_started")
+            bound.debug("task_started")
             outcome = await execute(run)
             recorded = await self._record(run, outcome)
             self.observer.task_finished(task, recorded, time.monotonic() - started)
@@ -295,7 +306,7 @@ class Worker:
         ref, task = run.ref, run.task
         logger = self._log.bind(task_id=task.id, attempt=ref.attempt, queue=task.queue)
         if outcome.kind is OutcomeKind.SUCCEEDED:
-            if await self._persist(lambda: self.store.complete(ref, outcome.result)):
+            if await self._persist(lambda: self._completions.submit((ref, outcome.result))):
                 self.stats.succeeded += 1
                 logger.info("task_succeeded")
                 return "succeeded"

@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from krolik.errors import InvalidTransition, TaskNotFound
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, OutboxEntry, RunRef, Task, TaskFilter, TaskStore
+from krolik.store.base import Claim, NewTask, OutboxEntry, RunRef, Task, TaskFilter, TaskStore
 from krolik.store.sql import SqlTaskStore
 from krolik.store.tables import tasks
 
@@ -714,3 +714,50 @@ async def test_payload_and_result_round_trip_as_json(any_store: TaskStore, value
     done = await current(any_store, task.id)
     assert (done.payload, done.result) == (value, value)
     assert type(done.result) is type(value)
+
+
+# -- many at once (the worker's batched claims and completions) ---------------------------
+
+
+async def test_claim_many_claims_each_due_task_once_in_order(any_store: TaskStore) -> None:
+    first, second = await add(any_store), await add(any_store, max_attempts=7)
+    later = await add(any_store, delay_seconds=3600)
+    answers = await any_store.claim_many(
+        [
+            Claim(second.id, 2),
+            Claim(first.id, 2),
+            Claim(first.id, 2),
+            Claim(later.id, 2),
+            Claim(10**12, 2),
+        ],
+        WORKER,
+        LEASE,
+    )
+    assert [a.id if a else None for a in answers] == [second.id, first.id, None, None, None]
+    claimed_second, claimed_first = answers[0], answers[1]
+    assert claimed_first is not None
+    assert claimed_second is not None
+    assert (claimed_first.status, claimed_first.attempts) == (TaskStatus.PROCESSING, 1)
+    assert claimed_first.max_attempts == 2  # the claim's default, written in
+    assert claimed_second.max_attempts == 7  # the task's own
+    assert claimed_first.worker_id == WORKER
+    assert (await current(any_store, later.id)).status is TaskStatus.PENDING
+
+
+async def test_complete_many_finishes_only_runs_still_owned(any_store: TaskStore) -> None:
+    a, b, c = await add(any_store), await add(any_store), await add(any_store)
+    _, run_a = await take(any_store, a)
+    _, run_b = await take(any_store, b)
+    _, run_c = await take(any_store, c)
+    stale = RunRef(run_b.task_id, run_b.attempt + 1, run_b.worker_id)
+    other = RunRef(run_c.task_id, run_c.attempt, "someone-else")
+    answers = await any_store.complete_many([(run_a, {"ok": 1}), (stale, "no"), (other, "no")])
+    assert answers == [True, False, False]
+    done = await current(any_store, a.id)
+    assert (done.status, done.result) == (TaskStatus.DONE, {"ok": 1})
+    assert done.finished_at is not None
+    assert done.started_at is not None
+    assert done.finished_at >= done.started_at
+    for untouched in (b.id, c.id):
+        assert (await current(any_store, untouched)).status is TaskStatus.PROCESSING
+    assert await any_store.complete_many([(run_a, "again")]) == [False]

@@ -139,11 +139,11 @@ class GatedClaims(PostgresTaskStore):
         self.committed = asyncio.Event()
         self.proceed = asyncio.Event()
 
-    async def claim(self, *args, **kwargs):
-        task = await super().claim(*args, **kwargs)
+    async def claim_many(self, *args, **kwargs):
+        tasks = await super().claim_many(*args, **kwargs)
         self.committed.set()
         await self.proceed.wait()
-        return task
+        return tasks
 
 
 async def test_a_claim_in_flight_when_the_worker_stops_is_released_not_stranded(

@@ -27,12 +27,12 @@ from krolik.api.schemas import (
     TaskPage,
     ValidationProblem,
 )
+from krolik.batching import MicroBatcher
 from krolik.builtin_tasks import DEFAULT_TASK_NAME
 from krolik.errors import TaskNotFound
 from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, TaskFilter
-from krolik.store.group_commit import GroupCommitter
+from krolik.store.base import Enqueued, NewTask, TaskFilter
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=GUARDED_RESPONSES)
 
@@ -79,8 +79,8 @@ async def _create(
 ) -> TaskCreated:
     admission: Admission = request.app.state.admission
     await admission.admit(store, body.queue or settings.default_queue)
-    committer: GroupCommitter = request.app.state.committer
-    enqueued = await committer.enqueue(_new_task(body, settings, caller))
+    committer: MicroBatcher[NewTask, Enqueued] = request.app.state.committer
+    enqueued = await committer.submit(_new_task(body, settings, caller))
     if enqueued.created:
         observer.task_submitted(enqueued.task)
         if relay is not None:
