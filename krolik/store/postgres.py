@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import Float
 
 from krolik.settings import DatabaseSettings
-from krolik.store.base import Claim, Enqueued, NewTask, RunRef, Task
+from krolik.store.base import Claim, Enqueued, NewTask, OutboxEntry, RunRef, Task
 from krolik.store.sql import SqlTaskStore, is_unavailable, raise_if_unavailable, row_to_task
 from krolik.store.tables import Timestamp, tasks
 
@@ -79,6 +79,24 @@ WHERE t.id = c.id AND t.status = 'processing' AND t.attempts = c.attempt
   AND t.worker_id = c.worker
 RETURNING t.id, t.attempts
 """
+
+
+# The relay's two statements, on the path of every task from commit to worker.
+CLAIM_OUTBOX_SQL = """
+UPDATE krolik_outbox
+SET claimed_until = clock_timestamp() + make_interval(secs => $2)
+WHERE id IN (
+    SELECT id FROM krolik_outbox
+    WHERE available_at <= clock_timestamp()
+      AND (claimed_until IS NULL OR claimed_until < clock_timestamp())
+    ORDER BY available_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, task_id, queue, name
+"""
+
+DELETE_OUTBOX_SQL = "DELETE FROM krolik_outbox WHERE id = ANY($1::bigint[])"
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
@@ -174,6 +192,19 @@ class PostgresTaskStore(SqlTaskStore):
         )
         done = {(record["id"], record["attempts"]) for record in records}
         return [(run.task_id, run.attempt) in done for run, _ in completions]
+
+    async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
+        records = await self._fetch(CLAIM_OUTBOX_SQL, limit, float(claim_seconds))
+        entries = [
+            OutboxEntry(id=r["id"], task_id=r["task_id"], queue=r["queue"], name=r["name"])
+            for r in records
+        ]
+        entries.sort(key=lambda entry: entry.id)
+        return entries
+
+    async def delete_outbox(self, entry_ids: Sequence[int]) -> None:
+        if entry_ids:
+            await self._fetch(DELETE_OUTBOX_SQL, list(entry_ids))
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """One statement on the driver directly: one round trip, its own transaction."""
