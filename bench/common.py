@@ -113,6 +113,12 @@ def emit_json(bench: str, figures: dict[str, Any]) -> None:
     print(json.dumps({"bench": bench, **figures}, default=str), flush=True)
 
 
+def finish(bench: str, figures: dict[str, Any]) -> int:
+    """Print the JSON line; the exit code says whether the correctness checks passed."""
+    emit_json(bench, figures)
+    return 0 if figures["ok"] else 1
+
+
 def to_epoch(value: Any) -> float | None:
     """A timestamp from either database as seconds since the epoch (SQLite's are naive UTC)."""
     if value is None:
@@ -825,3 +831,21 @@ def run_main(bench: str, body: Callable[[], Awaitable[int]]) -> int:
         return 130
     finally:
         loop.close()
+
+
+def closing_rows(
+    cpu: dict[str, float],
+    run_queue_wait: dict[str, float],
+    load_avg: Any,
+    machine: dict[str, Any],
+    *,
+    ok: bool,
+) -> list[tuple[str, str]]:
+    """The last rows of every report: where the CPU went, the machine, the verdict."""
+    return [
+        ("CPU (cores)", fmt_cpu(cpu)),
+        ("waiting for a CPU (share of wall)", fmt_cpu(run_queue_wait)),
+        ("load average (1 min, at start)", str(load_avg)),
+        ("machine before the run", fmt_probe(machine)),
+        ("verdict", "OK" if ok else "FAILED"),
+    ]

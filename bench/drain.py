@@ -38,10 +38,9 @@ from common import (
     Deployment,
     Profiler,
     add_common_args,
-    emit_json,
-    fmt_cpu,
+    closing_rows,
+    finish,
     fmt_per_unit,
-    fmt_probe,
     free_port,
     load_average,
     per_unit,
@@ -231,15 +230,10 @@ async def bench(args: argparse.Namespace) -> int:
             ("checks (each must be 0)", problems),
             ("status counts", counts),
             ("PostgreSQL per task (the worker)", fmt_per_unit(db_work)),
-            ("CPU (cores)", fmt_cpu(cpu)),
-            ("waiting for a CPU (share of wall)", fmt_cpu(meter.run_queue_wait)),
-            ("load average (1 min, at start)", load_avg),
-            ("machine before the run", fmt_probe(machine)),
-            ("verdict", "OK" if result["ok"] else "FAILED"),
+            *closing_rows(cpu, meter.run_queue_wait, load_avg, machine, ok=result["ok"]),
         ]
     )
-    emit_json(BENCH, result)
-    return 0 if result["ok"] else 1
+    return finish(BENCH, result)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
