@@ -8,6 +8,7 @@ tests that need it, unless ``CI`` is set: then it fails them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,9 +16,13 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
+from krolik.api.app import create_app
+from krolik.broker.base import Broker
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.broker.topology import Topology
 from krolik.builtin_tasks import builtin_registry
@@ -92,10 +97,17 @@ def test_settings(database: str, run_id: str, **overrides: Any) -> Settings:
             "queue_type": "classic",
             "publish_timeout_seconds": 3,
         },
-        "worker": {"concurrency": 4, "lease_seconds": 2, "heartbeat_seconds": 0.3,
-                   "shutdown_grace_seconds": 5},
-        "retry": {"default_max_attempts": 3, "backoff_base_seconds": 0.05,
-                  "backoff_max_seconds": 0.2},
+        "worker": {
+            "concurrency": 4,
+            "lease_seconds": 2,
+            "heartbeat_seconds": 0.3,
+            "shutdown_grace_seconds": 5,
+        },
+        "retry": {
+            "default_max_attempts": 3,
+            "backoff_base_seconds": 0.05,
+            "backoff_max_seconds": 0.2,
+        },
         "relay": {"poll_seconds": 0.05, "claim_seconds": 2},
         "maintenance": {"rescue_interval_seconds": 0.2, "redispatch_after_seconds": 60},
     }
@@ -177,7 +189,10 @@ async def make_worker(
 
     async def factory(registry: Registry | None = None, **kwargs: Any) -> Worker:
         worker = Worker(
-            store, make_broker(), builtin_registry.merged(registry or Registry()), settings,
+            store,
+            make_broker(),
+            builtin_registry.merged(registry or Registry()),
+            settings,
             **kwargs,
         )
         await worker.start()
@@ -213,11 +228,6 @@ async def api(
     settings: Settings, store: TaskStore, make_broker: Callable[[], RabbitMQBroker]
 ) -> AsyncIterator[Any]:
     """An httpx client on the real app (its relay included), started with its lifespan."""
-    import httpx
-    from asgi_lifespan import LifespanManager
-
-    from krolik.api.app import create_app
-
     app = create_app(settings, store=store, broker=make_broker())
     async with (
         LifespanManager(app) as manager,
@@ -227,3 +237,30 @@ async def api(
     ):
         client.app = app  # type: ignore[attr-defined]
         yield client
+
+
+@pytest.fixture
+async def make_api(
+    store: TaskStore, make_broker: Callable[[], RabbitMQBroker]
+) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """httpx clients on apps built from the given settings/store/broker, lifespan included.
+
+    It depends on ``store`` and ``make_broker`` so that the apps (and their relays) stop
+    before those are closed; a store given here from elsewhere must outlive it too.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def factory(
+            app_settings: Settings, *, store: TaskStore | None = None, broker: Broker | None = None
+        ) -> httpx.AsyncClient:
+            app = create_app(app_settings, store=store, broker=broker)
+            manager = await stack.enter_async_context(LifespanManager(app))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=manager.app), base_url="http://krolik.test"
+                )
+            )
+            client.app = app  # type: ignore[attr-defined]
+            return client
+
+        yield factory

@@ -14,13 +14,22 @@ from tests.e2e.conftest import Cluster, free_port, wait_until
 pytestmark = pytest.mark.e2e
 
 # Nothing of PostgreSQL or RabbitMQ: the embedded mode needs neither.
-NO_SERVICES = {"APP__DB__URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
-               "APP__RABBITMQ__URL": "amqp://nobody:x@127.0.0.1:1/"}
+NO_SERVICES = {
+    "APP__DB__URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+    "APP__RABBITMQ__URL": "amqp://nobody:x@127.0.0.1:1/",
+}
 
 
 async def _start_dev(cluster: Cluster, data: Path, port: int) -> Any:
     proc = cluster.spawn(
-        "dev", "dev", "--port", str(port), "--data", str(data), "--app", "tests.e2e.handlers",
+        "dev",
+        "dev",
+        "--port",
+        str(port),
+        "--data",
+        str(data),
+        "--app",
+        "tests.e2e.handlers",
         env=NO_SERVICES,
     )
     url = f"http://127.0.0.1:{port}"

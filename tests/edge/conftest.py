@@ -10,9 +10,7 @@ as a status code in an assertion message instead of as a crash of the test.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import io
 import itertools
 import sys
@@ -35,27 +33,11 @@ from krolik.store.base import TaskStore
 from krolik.store.postgres import PostgresTaskStore
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, test_settings
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import Condition, wait_until  # noqa: F401
 
 BASE_URL = "http://krolik.test"
 DB_PASSWORD = "s3cret-pw"
 """Sent in the URL of the proxied store; PostgreSQL's trust auth ignores it."""
-
-Condition = Callable[[], bool | Awaitable[bool]]
-
-
-async def wait_until(condition: Condition, timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` (sync or async) until it holds; fail the test on timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {what or condition}")
-        await asyncio.sleep(0.02)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -7,20 +7,15 @@ nothing is mocked. Every object a factory builds is stopped/closed at teardown.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
-import httpx
 import pytest
 from aio_pika.abc import AbstractChannel
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 
-from krolik.api.app import create_app
 from krolik.broker.base import Broker
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.broker.topology import Topology
@@ -36,23 +31,7 @@ from krolik.store.tables import outbox, tasks
 from krolik.worker import Worker
 from tests.conftest import AMQP_URL, PG_HOST, PG_PORT, pg_url, test_settings
 from tests.support.proxy import TcpProxy
-
-Condition = Callable[[], bool | Awaitable[bool]]
-
-
-async def wait_until(condition: Condition, timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` (sync or async) until it holds; fail the test on timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {what or condition}")
-        await asyncio.sleep(0.02)
+from tests.support.waiting import Condition, wait_until  # noqa: F401
 
 
 async def outbox_count(store: TaskStore, task_id: int | None = None) -> int:
@@ -224,33 +203,6 @@ async def proxied_store(pg_database: str, pg_proxy: TcpProxy) -> AsyncIterator[P
     )
     yield the_store
     await the_store.close()
-
-
-@pytest.fixture
-async def make_api(
-    store: TaskStore, make_broker: Callable[[], RabbitMQBroker]
-) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
-    """httpx clients on apps built from the given settings/store/broker, lifespan included.
-
-    It depends on ``store`` and ``make_broker`` so that the apps (and their relays) stop
-    before those are closed; a store given here from elsewhere must outlive it too.
-    """
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def factory(
-            app_settings: Settings, *, store: TaskStore | None = None, broker: Broker | None = None
-        ) -> httpx.AsyncClient:
-            app = create_app(app_settings, store=store, broker=broker)
-            manager = await stack.enter_async_context(LifespanManager(app))
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=manager.app), base_url="http://krolik.test"
-                )
-            )
-            client.app = app  # type: ignore[attr-defined]
-            return client
-
-        yield factory
 
 
 @pytest.fixture

@@ -147,10 +147,7 @@ async def test_an_idempotency_key_creates_one_task(api, store):
 
 async def test_concurrent_requests_with_one_idempotency_key_create_one_task(api, store):
     responses = await asyncio.gather(
-        *(
-            api.post("/tasks", json={"payload": i, "idempotency_key": "race"})
-            for i in range(10)
-        )
+        *(api.post("/tasks", json={"payload": i, "idempotency_key": "race"}) for i in range(10))
     )
     assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
     assert len({r.json()["id"] for r in responses}) == 1
@@ -215,8 +212,7 @@ async def test_run_at_in_the_future_is_kept(api, store):
 
 async def test_listing_filters_and_pages_newest_first(api):
     ids = [
-        (await create(api, name="page.item", payload=i, delay_seconds=3600))["id"]
-        for i in range(7)
+        (await create(api, name="page.item", payload=i, delay_seconds=3600))["id"] for i in range(7)
     ]
     await create(api, name="page.other", payload=0, delay_seconds=3600)
     side = await create(api, name="page.item", queue="side", payload=0, delay_seconds=3600)

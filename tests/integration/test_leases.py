@@ -127,8 +127,10 @@ async def test_heartbeats_keep_a_run_longer_than_its_lease(
     await wait_for_task(
         store,
         enqueued.task.id,
-        lambda t: t.lease_expires_at is not None
-        and (t.lease_expires_at - first.lease_expires_at).total_seconds() > 1.5,
+        lambda t: (
+            t.lease_expires_at is not None
+            and (t.lease_expires_at - first.lease_expires_at).total_seconds() > 1.5
+        ),
         timeout=5,
     )
     for _ in range(2):

@@ -46,9 +46,7 @@ async def test_enqueue_commits_the_task_and_its_outbox_row_together(store):
         )
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(tasks.c.id))).scalars().all() == [enqueued.task.id]
-        assert (await conn.execute(select(outbox.c.task_id))).scalars().all() == [
-            enqueued.task.id
-        ]
+        assert (await conn.execute(select(outbox.c.task_id))).scalars().all() == [enqueued.task.id]
 
 
 async def test_relay_deletes_the_row_only_after_the_broker_confirmed(
@@ -210,8 +208,6 @@ async def test_queue_is_empty_after_the_relay_and_a_worker_are_done(
         [NewTask(name="echo", queue="default", payload=i) for i in range(5)]
     )
     relay.wake()
-    await asyncio.gather(
-        *(wait_for_task(store, e.task.id, TaskStatus.DONE) for e in enqueued)
-    )
+    await asyncio.gather(*(wait_for_task(store, e.task.id, TaskStatus.DONE) for e in enqueued))
     assert await queue_depth(amqp, topology_of(settings).queue("default").name) == 0
     assert await outbox_count(store) == 0

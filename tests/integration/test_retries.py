@@ -62,9 +62,7 @@ async def test_a_handler_failing_twice_then_succeeding_ends_done_after_backoff(
     assert attempts_seen == [1, 2, 3]
 
 
-async def test_a_handler_that_always_fails_is_dead_and_the_api_retries_it(
-    api, store, make_worker
-):
+async def test_a_handler_that_always_fails_is_dead_and_the_api_retries_it(api, store, make_worker):
     healed = False
     registry = Registry()
 

@@ -8,31 +8,24 @@ gauge moves, which a 5-second cache would hide.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
 import re
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from prometheus_client.parser import text_string_to_metric_families
 
-from krolik.api.app import create_app
-from krolik.broker.base import Broker
 from krolik.settings import Settings
-from krolik.store.base import TaskStore
 from tests.conftest import test_settings
+from tests.support.waiting import Condition, wait_until  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
-Condition = Callable[[], bool | Awaitable[bool]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -55,27 +48,6 @@ def make_settings(
 
 
 @pytest.fixture
-async def make_api() -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
-    """httpx clients on apps built from the given settings (lifespan, relay included)."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def factory(
-            app_settings: Settings, *, store: TaskStore | None = None, broker: Broker | None = None
-        ) -> httpx.AsyncClient:
-            app = create_app(app_settings, store=store, broker=broker)
-            manager = await stack.enter_async_context(LifespanManager(app))
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=manager.app), base_url="http://krolik.test"
-                )
-            )
-            client.app = app  # type: ignore[attr-defined]
-            return client
-
-        yield factory
-
-
-@pytest.fixture
 def promtool() -> str:
     """promtool is a tool, not a service: without it, its tests are skipped (even in CI)."""
     path = shutil.which("promtool")
@@ -85,21 +57,6 @@ def promtool() -> str:
             "`prometheus`, to check the rules and the configuration)"
         )
     return path
-
-
-async def wait_until(condition: Condition, timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` (sync or async) until it holds; fail the test on timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {what or condition}")
-        await asyncio.sleep(0.05)
 
 
 def parse_samples(text: str) -> Samples:
