@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
+
+current_request_id: ContextVar[str | None] = ContextVar("krolik_request_id", default=None)
+"""The id of the HTTP request being served, if any (set by the API's middleware)."""
+
+
+def add_request_id(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: the current request's id on every line logged while serving it.
+
+    Cheaper per request than binding structlog's context variables.
+    """
+    request_id = current_request_id.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
 
 
 def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
@@ -14,6 +30,7 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
     render_json = (not sys.stderr.isatty()) if json is None else json
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

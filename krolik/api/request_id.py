@@ -6,16 +6,15 @@ request creates, so a worker's log lines can be traced back to the request.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
-from contextvars import ContextVar
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from krolik.log import current_request_id
 
 HEADER = b"x-request-id"
 _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-current_request_id: ContextVar[str | None] = ContextVar("krolik_request_id", default=None)
 
 
 class RequestId:
@@ -27,7 +26,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers", [])).get(HEADER, b"").decode("latin-1")
-        request_id = given if _ACCEPTABLE.match(given) else uuid.uuid4().hex
+        request_id = given if _ACCEPTABLE.match(given) else os.urandom(16).hex()
         token = current_request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:
@@ -36,8 +35,7 @@ class RequestId:
                 message["headers"] = [*message["headers"], (HEADER, request_id.encode())]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                current_request_id.reset(token)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)

@@ -126,28 +126,27 @@ class TaskOut(BaseModel):
 
     @classmethod
     def of(cls, task: Task) -> Self:
+        """The model of a stored task; every field this model has, by name, validated once."""
         return cls.model_validate(
             {name: getattr(task, name) for name in cls.model_fields if hasattr(task, name)}
-            | {"id": task.id}
+            | cls._extra(task)
         )
+
+    @classmethod
+    def _extra(cls, task: Task) -> dict[str, Any]:
+        return {}
 
 
 class TaskCreated(TaskOut):
     task_id: int = Field(description="The new task's id (the seed's field).")
 
     @classmethod
-    def of(cls, task: Task) -> Self:
-        out = TaskOut.of(task)
-        return cls(**out.model_dump(), task_id=task.id)
+    def _extra(cls, task: Task) -> dict[str, Any]:
+        return {"task_id": task.id}
 
 
 class TaskDetail(TaskOut):
     traceback: str | None
-
-    @classmethod
-    def of(cls, task: Task) -> Self:
-        out = TaskOut.of(task)
-        return cls(**out.model_dump(), traceback=task.traceback)
 
 
 class TaskPage(BaseModel):

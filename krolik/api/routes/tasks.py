@@ -12,7 +12,6 @@ from krolik.api.admission import Admission
 from krolik.api.auth import AdminAccess, Principal, ReadAccess, SubmitAccess
 from krolik.api.deps import ObserverDep, RelayDep, SettingsDep, StoreDep
 from krolik.api.errors import GUARDED_RESPONSES, BadRequest
-from krolik.api.request_id import current_request_id
 from krolik.api.schemas import (
     MAX_ID,
     NAME_PATTERN,
@@ -30,6 +29,7 @@ from krolik.api.schemas import (
 from krolik.batching import MicroBatcher
 from krolik.builtin_tasks import DEFAULT_TASK_NAME
 from krolik.errors import TaskNotFound
+from krolik.log import current_request_id
 from krolik.settings import Settings
 from krolik.states import TaskStatus
 from krolik.store.base import Enqueued, NewTask, TaskFilter
