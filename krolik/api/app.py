@@ -67,6 +67,8 @@ def create_app(
         else None
     )
 
+    rate_limiter = RateLimiter(settings.rate_limit)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_store.open()
@@ -86,6 +88,7 @@ def create_app(
                     await connector
             for resource in owned:
                 await resource.close()
+            await rate_limiter.close()
 
     app = FastAPI(
         title="Krolik",
@@ -105,7 +108,7 @@ def create_app(
     # Group commit: concurrent submissions share one transaction.
     app.state.committer = MicroBatcher(the_store.enqueue)
     app.state.key_cache = KeyCache(settings.auth.cache_seconds)
-    app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.rate_limiter = rate_limiter
     app.state.admission = Admission(settings.api)
     app.state.gauges = StoreGauges(
         the_store,

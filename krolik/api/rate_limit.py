@@ -7,6 +7,7 @@ storage (Redis, Memcached, MongoDB) makes the limit cluster-wide.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 
@@ -34,6 +35,15 @@ class RateLimiter:
         url = settings.storage_url
         storage = storage_from_string(url if url.startswith("async+") else f"async+{url}")
         self._limiter = MovingWindowRateLimiter(storage)
+
+    async def close(self) -> None:
+        """Close a shared storage's connections (``limits`` has no call for it)."""
+        client = getattr(getattr(self._limiter.storage, "bridge", None), "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            result = pool.disconnect()
+            if inspect.isawaitable(result):
+                await result
 
     @property
     def enabled(self) -> bool:
