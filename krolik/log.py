@@ -8,6 +8,7 @@ from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 import structlog
 
 current_request_id: ContextVar[str | None] = ContextVar("krolik_request_id", default=None)
@@ -36,7 +37,10 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
         structlog.processors.StackInfoRenderer(),
     ]
     if render_json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_json_line),
+        ]
     else:
         processors.append(structlog.dev.ConsoleRenderer())
     structlog.configure(
@@ -45,6 +49,11 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def _json_line(event: Any, **_: Any) -> str:
+    """orjson, several times faster than the standard library on every log line."""
+    return orjson.dumps(event, default=str).decode()
 
 
 def get_logger(name: str) -> Any:
