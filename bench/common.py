@@ -201,7 +201,7 @@ class CpuMeter:
                 "py-spy": "py-spy",
             }.get(comm)
             if role is None:
-                role = "other processes"  # e.g. other people's test runs on the same box
+                role = "other processes"  # e.g. test suites running on the same box
             before = self._before.get(pid)
             delta = cpu - before[1] if before and before[0] == comm else cpu
             used[role] = used.get(role, 0.0) + delta
@@ -506,8 +506,8 @@ class Deployment:
             raise RuntimeError(f"krolik migrate failed ({code}):\n{migrate.tail()}")
 
     async def probe(self, rounds: int = 50) -> dict[str, Any]:
-        """How busy the machine is right now, to read the figures against (LIMITS.md was
-        measured on an idle box: fdatasync ~0.1 ms): the 1-minute load average, a pure
+        """How busy the machine is right now, to read the figures against (an idle box of
+        this kind does an fdatasync in about 0.1 ms): the 1-minute load average, a pure
         Python loop, and on PostgreSQL one-row INSERT commits (each waits for the WAL
         fsync) and SELECT 1 round trips; in embedded mode fdatasync of a temp file."""
         started = time.perf_counter()
