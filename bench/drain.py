@@ -98,9 +98,11 @@ async def publish_first(deployment: Deployment, args: argparse.Namespace) -> int
     deadline = time.monotonic() + args.timeout
     depth: int | None = None
     while time.monotonic() < deadline:
+        # The relay packs several tasks into a message: wait for an empty outbox and a
+        # queue depth that no longer moves.
         backlog = int(await deployment.scalar("SELECT count(*) AS n FROM krolik_outbox"))
-        depth = await deployment.queue_depth()
-        if backlog == 0 and depth is not None and depth >= args.tasks:
+        seen, depth = depth, await deployment.queue_depth()
+        if backlog == 0 and depth and depth == seen:
             break
         await asyncio.sleep(0.2)
     code = await api.stop()
@@ -123,9 +125,10 @@ async def bench(args: argparse.Namespace) -> int:
             say(BENCH, f"{args.tasks} tasks written to {deployment.sqlite_path}")
         else:
             depth = await publish_first(deployment, args)
+            # The relay packs up to APP__RELAY__TASKS_PER_MESSAGE tasks into a message.
             say(BENCH, f"the queue holds {depth} messages for {args.tasks} tasks")
-            if depth != args.tasks:
-                raise RuntimeError(f"expected {args.tasks} messages in the queue, found {depth}")
+            if not depth or depth > args.tasks:
+                raise RuntimeError(f"expected 1 to {args.tasks} messages, found {depth}")
         counters_before = await deployment.db_counters()
         load_avg = load_average()
         meter = CpuMeter(deployment.roles)

@@ -56,13 +56,23 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         waiting: _Waiting[T, R] = _Waiting(item)
         self._queue.append(waiting)
+        self._start_flusher()
+        return await waiting.done
+
+    async def submit_many(self, items: Sequence[T]) -> list[R]:
+        """Several items at once: they go in the same batch when it has room."""
+        waitings: list[_Waiting[T, R]] = [_Waiting(item) for item in items]
+        self._queue.extend(waitings)
+        self._start_flusher()
+        return list(await asyncio.gather(*(waiting.done for waiting in waitings)))
+
+    def _start_flusher(self) -> None:
         if self._active < self.max_in_flight:
             self._active += 1
             flusher = asyncio.create_task(self._flush())
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
         # Otherwise a running flusher takes it when its current batch is done.
-        return await waiting.done
 
     async def _flush(self) -> None:
         try:

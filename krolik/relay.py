@@ -66,7 +66,7 @@ class OutboxRelay(LoopService):
         messages = [TaskMessage(task_id=e.task_id, name=e.name, queue=e.queue) for e in entries]
         ids = [entry.id for entry in entries]
         try:
-            await self.broker.publish(messages)
+            await self.broker.publish(messages, self.settings.tasks_per_message)
         except BrokerError as exc:
             log.warning("relay_publish_failed", error=str(exc), count=len(entries))
             self.observer.outbox_publish_failed(len(entries))

@@ -8,6 +8,7 @@ Names keep the seed's shape: prefix ``APP__`` and ``__`` between sections, so
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,10 @@ class RelaySettings(BaseModel):
     poll_seconds: float = Field(0.5, gt=0)
     claim_seconds: float = Field(30.0, gt=0)
     """How long a relay owns the outbox rows it picked before another may take them."""
+    tasks_per_message: int = Field(10, ge=1, le=10_000)
+    """Due tasks of one queue that may share one broker message. A worker's prefetch
+    counts tasks (about max(prefetch_count, concurrency)), so this also bounds how many
+    tasks one worker holds back from the others; 1 sends one message per task."""
 
 
 class MaintenanceSettings(BaseModel):
@@ -125,6 +130,8 @@ class Settings(BaseSettings):
     )
 
     debug: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    """None: DEBUG with ``debug``, else INFO. A finished run is logged at DEBUG only."""
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -16,9 +16,19 @@ class MalformedMessage(KrolikError):
     """The message is not a Krolik task message."""
 
 
+MAX_TASKS_PER_MESSAGE = 10_000
+"""A message naming more tasks than this is refused as malformed."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskMessage:
-    """'Task ``task_id`` is due': the whole message. The task itself lives in the store."""
+    """'Task ``task_id`` is due': all a message says. The task itself lives in the store.
+
+    On the wire one message names one task (``{"task_id", "name", "queue"}``) or several
+    due tasks of one queue (``{"queue", "tasks": [[task_id, name], ...]}``): under load
+    the relay packs what it publishes, so a worker receives, claims and acks many tasks
+    per message.
+    """
 
     task_id: int
     name: str
@@ -29,20 +39,71 @@ class TaskMessage:
 
     @classmethod
     def decode(cls, body: bytes) -> TaskMessage:
+        """The one task of a single-task message."""
+        messages = cls.decode_many(body)
+        if len(messages) != 1:
+            raise MalformedMessage("the message names more than one task")
+        return messages[0]
+
+    @classmethod
+    def decode_many(cls, body: bytes) -> list[TaskMessage]:
+        """Every task a message names, in its order."""
         try:
             data: Any = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise MalformedMessage(f"the body is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise MalformedMessage("the body is not a JSON object")
-        task_id, name, queue = data.get("task_id"), data.get("name"), data.get("queue")
-        if not isinstance(task_id, int) or isinstance(task_id, bool) or not 0 < task_id < 2**63:
-            raise MalformedMessage("task_id is missing or not a positive 64-bit integer")
-        if not isinstance(name, str) or not name:
-            raise MalformedMessage("name is missing or not a string")
+        queue = data.get("queue")
         if not isinstance(queue, str) or not queue:
             raise MalformedMessage("queue is missing or not a string")
-        return cls(task_id=task_id, name=name, queue=queue)
+        if "tasks" not in data:
+            return [cls(_task_id(data.get("task_id")), _name(data.get("name")), queue)]
+        tasks = data["tasks"]
+        if not isinstance(tasks, list) or not 0 < len(tasks) <= MAX_TASKS_PER_MESSAGE:
+            raise MalformedMessage(
+                f"tasks is not a list of 1 to {MAX_TASKS_PER_MESSAGE} [task_id, name] pairs"
+            )
+        messages = []
+        for item in tasks:
+            if not isinstance(item, list) or len(item) != 2:
+                raise MalformedMessage("an item of tasks is not a [task_id, name] pair")
+            messages.append(cls(_task_id(item[0]), _name(item[1]), queue))
+        return messages
+
+
+def _task_id(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise MalformedMessage("task_id is missing or not a positive 64-bit integer")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise MalformedMessage("name is missing or not a string")
+    return value
+
+
+def encode_messages(messages: Sequence[TaskMessage]) -> bytes:
+    """One body for tasks of one queue: the single-task form for one, else the packed form."""
+    if len(messages) == 1:
+        return messages[0].encode()
+    return orjson.dumps(
+        {"queue": messages[0].queue, "tasks": [[m.task_id, m.name] for m in messages]}
+    )
+
+
+def pack(messages: Sequence[TaskMessage], per_message: int) -> list[list[TaskMessage]]:
+    """Group tasks by queue, at most ``per_message`` to a group, keeping their order."""
+    by_queue: dict[str, list[TaskMessage]] = {}
+    for message in messages:
+        by_queue.setdefault(message.queue, []).append(message)
+    step = max(1, per_message)
+    return [
+        group[start : start + step]
+        for group in by_queue.values()
+        for start in range(0, len(group), step)
+    ]
 
 
 class Delivery(ABC):
@@ -61,6 +122,10 @@ class Delivery(ABC):
     @abstractmethod
     async def dead_letter(self, reason: str) -> None:
         """Move the message to the dead-letter queue with ``reason`` attached."""
+
+    @abstractmethod
+    async def dead_letter_part(self, message: TaskMessage, reason: str) -> None:
+        """Dead-letter one task of a packed message; the message itself stays unsettled."""
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
@@ -92,8 +157,11 @@ class Broker(ABC):
         """Raise ``BrokerUnavailable`` unless the broker is connected."""
 
     @abstractmethod
-    async def publish(self, messages: Sequence[TaskMessage]) -> None:
-        """Publish and wait until the broker confirmed every message; raise otherwise."""
+    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> None:
+        """Publish and wait until the broker confirmed every message; raise otherwise.
+
+        Up to ``per_message`` tasks of one queue may share one broker message.
+        """
 
     @abstractmethod
     async def consume(

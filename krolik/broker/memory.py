@@ -22,6 +22,8 @@ from krolik.broker.base import (
     QueueInfo,
     Subscription,
     TaskMessage,
+    encode_messages,
+    pack,
 )
 from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER
 from krolik.errors import BrokerUnavailable
@@ -72,6 +74,10 @@ class MemoryDelivery(Delivery):
                     {REASON_HEADER: reason[:MAX_REASON_LENGTH], ORIGIN_HEADER: self._queue},
                 )
             )
+
+    async def dead_letter_part(self, message: TaskMessage, reason: str) -> None:
+        headers = {REASON_HEADER: reason[:MAX_REASON_LENGTH], ORIGIN_HEADER: self._queue}
+        self._broker.dead.append((message.encode(), headers))
 
     def give_back(self) -> bool:
         """An unsettled delivery returns to its queue when its consumer goes away."""
@@ -129,10 +135,10 @@ class MemoryBroker(Broker):
             target.messages.append((body, redelivered))
             target.ready.notify()
 
-    async def publish(self, messages: Sequence[TaskMessage]) -> None:
+    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> None:
         await self.ping()
-        for message in messages:
-            await self.put(message.queue, message.encode())
+        for group in pack(messages, per_message):
+            await self.put(group[0].queue, encode_messages(group))
 
     async def publish_raw(self, queue: str, body: bytes) -> None:
         """Put any bytes on a queue (tests of malformed messages)."""

@@ -29,6 +29,8 @@ from krolik.broker.base import (
     QueueInfo,
     Subscription,
     TaskMessage,
+    encode_messages,
+    pack,
 )
 from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER, Topology
 from krolik.errors import BrokerError, BrokerUnavailable
@@ -73,6 +75,9 @@ class RabbitDelivery(Delivery):
             await self._message.reject(requeue=False)
             return
         await self._message.ack()
+
+    async def dead_letter_part(self, message: TaskMessage, reason: str) -> None:
+        await self._broker.publish_dead_letter(message.encode(), reason, origin=self._krolik_queue)
 
 
 class RabbitSubscription(Subscription):
@@ -167,14 +172,14 @@ class RabbitMQBroker(Broker):
                 await self.declare_queue(self._channel, krolik_queue)
                 self._declared.add(krolik_queue)
 
-    async def publish(self, messages: Sequence[TaskMessage]) -> None:
+    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> None:
         if self._exchange is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
         try:
             # The declarations too are under the timeout: while RabbitMQ is away, the
             # robust channel waits for it to come back, and so would an unbounded call.
             await asyncio.wait_for(
-                self._declare_and_publish(self._exchange, messages),
+                self._declare_and_publish(self._exchange, pack(messages, per_message)),
                 timeout=self.settings.publish_timeout_seconds,
             )
         except _CONNECTION_ERRORS as exc:
@@ -184,25 +189,26 @@ class RabbitMQBroker(Broker):
             raise BrokerError(f"RabbitMQ refused a message: {exc}") from None
 
     async def _declare_and_publish(
-        self, exchange: AbstractExchange, messages: Sequence[TaskMessage]
+        self, exchange: AbstractExchange, groups: Sequence[Sequence[TaskMessage]]
     ) -> None:
-        for krolik_queue in {message.queue for message in messages}:
+        for krolik_queue in {group[0].queue for group in groups}:
             await self._ensure_declared(krolik_queue)
         # All publishes in flight at once; each awaits its own confirm.
         await asyncio.gather(
             *(
                 exchange.publish(
                     aio_pika.Message(
-                        message.encode(),
+                        encode_messages(group),
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=str(message.task_id),
-                        type=message.name,
+                        # Always set: without one aiormq draws a uuid from `random`.
+                        message_id=_message_id(group),
+                        type=group[0].name if len(group) == 1 else None,
                     ),
-                    routing_key=self.topology.queue(message.queue).routing_key,
+                    routing_key=self.topology.queue(group[0].queue).routing_key,
                     mandatory=True,
                 )
-                for message in messages
+                for group in groups
             )
         )
 
@@ -274,3 +280,9 @@ class RabbitMQBroker(Broker):
             return found
         finally:
             await channel.close()
+
+
+def _message_id(group: Sequence[TaskMessage]) -> str:
+    """The task id, or the first and last task ids of a packed message."""
+    first, last = group[0].task_id, group[-1].task_id
+    return str(first) if len(group) == 1 else f"{first}..{last}"

@@ -29,6 +29,7 @@ from krolik.service import LoopService
 from krolik.settings import Settings
 from krolik.store.base import Claim, RunRef, Task, TaskStore
 from krolik.worker.executor import Outcome, OutcomeKind, Run, StopReason, execute
+from krolik.worker.slots import Slots
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -89,7 +90,7 @@ class Worker:
         self.stats = WorkerStats()
         self.runs: dict[int, Run] = {}
         self._runners: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = Slots(self.concurrency)
         self._accepting = False
         self._claiming = 0
         self._grace_over = False
@@ -114,7 +115,7 @@ class Worker:
         await self.broker.connect()
         self._accepting = True
         self._grace_over = False
-        prefetch = max(self.settings.rabbitmq.prefetch_count, self.concurrency)
+        prefetch = self.prefetch_messages()
         self._subscription = await self.broker.consume(self.queues, prefetch, self._on_delivery)
         self._last_beat = time.monotonic()
         self._heartbeat.start()
@@ -124,6 +125,14 @@ class Worker:
             concurrency=self.concurrency,
             handlers=sorted(self.registry.handlers),
         )
+
+    def prefetch_messages(self) -> int:
+        """The broker's prefetch, in messages, for about max(prefetch_count, concurrency)
+        tasks on hand: a message may name up to ``relay.tasks_per_message`` tasks, and
+        tasks held here wait while other workers may be idle."""
+        tasks = max(self.settings.rabbitmq.prefetch_count, self.concurrency)
+        per_message = self.settings.relay.tasks_per_message
+        return max(2, -(-tasks // per_message))
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         """Stop taking tasks, let running ones finish within the grace, release the rest."""
@@ -160,37 +169,59 @@ class Worker:
 
     # -- deliveries ----------------------------------------------------------------
     async def _on_delivery(self, delivery: Delivery) -> None:
+        """Claim and start every task a message names, then ack it.
+
+        A packed message takes as many free slots as it can use at once and claims
+        that group in one statement; it is acked once all its tasks were claimed or
+        found not claimable, so a worker that dies first leaves it to be redelivered.
+        """
         try:
-            message = TaskMessage.decode(delivery.body)
+            messages = TaskMessage.decode_many(delivery.body)
         except MalformedMessage as exc:
             self._log.error("message_dead_lettered", reason=str(exc))
             self.stats.dead_lettered += 1
             self.observer.message_dead_lettered("malformed")
             await delivery.dead_letter(str(exc))
             return
-        handler = self.registry.handlers.get(message.name)
-        if handler is None:
+        whole = len(messages) == 1
+        runnable: list[tuple[TaskMessage, Handler]] = []
+        for message in messages:
+            handler = self.registry.handlers.get(message.name)
+            if handler is not None:
+                runnable.append((message, handler))
+                continue
             reason = f"no handler is registered under the name {message.name!r}"
-            self._log.error("message_dead_lettered", task_id=message.task_id, reason=reason)
-            self.stats.dead_lettered += 1
-            self.observer.message_dead_lettered("unknown_handler")
             try:
-                await self.store.fail_unrunnable(message.task_id, reason)
+                failed_now = await self.store.fail_unrunnable(message.task_id, reason)
             except StoreError:
                 await self._requeue_later(delivery)
                 return
-            await delivery.dead_letter(reason)
-            return
-        await self._slots.acquire()
-        if not self._accepting:
-            self._slots.release()
-            await self._settle(delivery.requeue())
-            return
-        self._claiming += 1
-        # Shielded: closing the consumer channel (stop(), a lost connection) cancels this
-        # callback, and a claim already committed must still become a run here, or the
-        # task would sit in processing, unheartbeaten, until its lease expired.
-        await asyncio.shield(self._claim_and_start(delivery, message, handler))
+            if not whole and not failed_now:
+                # Failed on an earlier delivery of this packed message (requeued since,
+                # e.g. by a stopping worker): its dead letter was already sent.
+                continue
+            self._log.error("message_dead_lettered", task_id=message.task_id, reason=reason)
+            self.stats.dead_lettered += 1
+            self.observer.message_dead_lettered("unknown_handler")
+            if whole:
+                await delivery.dead_letter(reason)
+                return
+            await self._dead_letter_part(delivery, message, reason)
+        done = 0
+        while done < len(runnable):
+            taken = await self._slots.take(len(runnable) - done)
+            if not self._accepting:
+                self._slots.give(taken)
+                await self._settle(delivery.requeue())
+                return
+            group, done = runnable[done : done + taken], done + taken
+            self._claiming += 1
+            # Shielded: closing the consumer channel (stop(), a lost connection) cancels
+            # this callback, and a claim already committed must still become a run here,
+            # or the task would sit in processing, unheartbeaten, until its lease expired.
+            if not await asyncio.shield(self._claim_and_start(delivery, group, whole)):
+                return  # the delivery was settled otherwise
+        await self._settle(delivery.ack())
 
     async def _claim_many(self, claims: Sequence[Claim]) -> list[Task | None]:
         return await self.store.claim_many(
@@ -198,65 +229,82 @@ class Worker:
         )
 
     async def _claim_and_start(
-        self, delivery: Delivery, message: TaskMessage, handler: Handler
-    ) -> None:
-        """Claim the task, ack its message and start its run, in the slot already taken.
+        self,
+        delivery: Delivery,
+        group: Sequence[tuple[TaskMessage, Handler]],
+        whole: bool,
+    ) -> bool:
+        """Claim a group of tasks in the slots already taken and start their runs.
 
-        It counts as claiming until the run is registered, so ``stop()`` sees every
-        task this worker claimed.
+        It counts as claiming until the runs are registered, so ``stop()`` sees every
+        task this worker claimed. False when the delivery was settled here.
         """
         try:
+            default_max = self.settings.retry.default_max_attempts
             try:
-                task = await self._claims.submit(
-                    Claim(
-                        message.task_id,
-                        handler.max_attempts or self.settings.retry.default_max_attempts,
-                    )
+                tasks = await self._claims.submit_many(
+                    [
+                        Claim(message.task_id, handler.max_attempts or default_max)
+                        for message, handler in group
+                    ]
                 )
             except StoreError as exc:
-                self._slots.release()
-                self._log.warning("claim_failed", task_id=message.task_id, error=str(exc))
+                self._slots.give(len(group))
+                self._log.warning(
+                    "claim_failed", task_ids=[m.task_id for m, _ in group], error=str(exc)
+                )
                 await self._requeue_later(delivery)
-                return
-            if task is None:
-                self._slots.release()
-                await self._not_claimed(delivery, message)
-                return
-            await self._settle(delivery.ack())
-            self.stats.claimed += 1
-            ref = RunRef(task.id, task.attempts, self.worker_id)
-            run = Run(
-                task=task,
-                ref=ref,
-                handler=handler,
-                timeout_seconds=task.timeout_seconds or handler.timeout_seconds,
-            )
-            if self._grace_over:  # stop() already released the others: release this one too
-                run.stop(StopReason.SHUTDOWN)
-            self.runs[task.id] = run
-            runner = asyncio.create_task(self._run(run), name=f"krolik-task-{task.id}")
-            self._runners.add(runner)
-            runner.add_done_callback(self._runners.discard)
+                return False
+            pairs = list(zip(group, tasks, strict=True))
+            unclaimed = [message for (message, _), task in pairs if task is None]
+            self._slots.give(len(unclaimed))
+            for (_, handler), task in pairs:
+                if task is not None:
+                    self._start(task, handler)
+            for message in unclaimed:
+                if not await self._not_claimed(delivery, message, whole):
+                    return False
+            return True
         finally:
             self._claiming -= 1
             self._notify()
 
-    async def _not_claimed(self, delivery: Delivery, message: TaskMessage) -> None:
+    def _start(self, task: Task, handler: Handler) -> None:
+        self.stats.claimed += 1
+        ref = RunRef(task.id, task.attempts, self.worker_id)
+        run = Run(
+            task=task,
+            ref=ref,
+            handler=handler,
+            timeout_seconds=task.timeout_seconds or handler.timeout_seconds,
+        )
+        if self._grace_over:  # stop() already released the others: release this one too
+            run.stop(StopReason.SHUTDOWN)
+        self.runs[task.id] = run
+        runner = asyncio.create_task(self._run(run), name=f"krolik-task-{task.id}")
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+
+    async def _not_claimed(self, delivery: Delivery, message: TaskMessage, whole: bool) -> bool:
         """A task that exists but is not claimable (a duplicate, stale, cancelled or not
-        yet due) drops its message; a message naming no task at all is dead-lettered."""
+        yet due) is dropped; a message naming no task at all is dead-lettered.
+        False when the delivery was settled here."""
         try:
             exists = await self.store.get(message.task_id) is not None
         except StoreError as exc:
             self._log.warning("claim_failed", task_id=message.task_id, error=str(exc))
             await self._requeue_later(delivery)
-            return
+            return False
         if not exists:
             reason = f"task {message.task_id} does not exist"
             self._log.error("message_dead_lettered", task_id=message.task_id, reason=reason)
             self.stats.dead_lettered += 1
             self.observer.message_dead_lettered("missing_task")
-            await self._settle(delivery.dead_letter(reason))
-            return
+            if whole:
+                await self._settle(delivery.dead_letter(reason))
+                return False
+            await self._dead_letter_part(delivery, message, reason)
+            return True
         self.stats.skipped += 1
         self._log.info(
             "delivery_skipped",
@@ -264,7 +312,16 @@ class Worker:
             redelivered=delivery.redelivered,
             reason="not claimable: duplicate, stale, cancelled or not yet due",
         )
-        await self._settle(delivery.ack())
+        return True
+
+    async def _dead_letter_part(
+        self, delivery: Delivery, message: TaskMessage, reason: str
+    ) -> None:
+        """The store already holds the outcome; the dead letter is a copy for operators."""
+        try:
+            await delivery.dead_letter_part(message, reason)
+        except Exception as exc:
+            self._log.warning("dead_letter_publish_failed", task_id=message.task_id, error=str(exc))
 
     async def _settle(self, action: Awaitable[None]) -> None:
         """Ack or requeue; a closed channel already gave the message back."""
@@ -278,38 +335,47 @@ class Worker:
         await self._settle(delivery.requeue())
 
     # -- runs ----------------------------------------------------------------------
+    @staticmethod
+    def _log_fields(run: Run) -> dict[str, Any]:
+        task = run.task
+        return {
+            "task_id": task.id,
+            "attempt": run.ref.attempt,
+            "queue": task.queue,
+            "name": task.name,
+            "request_id": task.request_id,
+        }
+
     async def _run(self, run: Run) -> None:
         task = run.task
-        bound = self._log.bind(
-            task_id=task.id,
-            attempt=run.ref.attempt,
-            queue=task.queue,
-            name=task.name,
-            request_id=task.request_id,
-        )
         started = time.monotonic()
         try:
             self.observer.task_started(task)
-            bound.debug("task_started")
+            self._log.debug("task_started", **self._log_fields(run))
             outcome = await execute(run)
             recorded = await self._record(run, outcome)
             self.observer.task_finished(task, recorded, time.monotonic() - started)
         except Exception:
-            bound.exception("task_run_crashed")
+            self._log.exception("task_run_crashed", **self._log_fields(run))
         finally:
             self.runs.pop(task.id, None)
-            self._slots.release()
+            self._slots.give()
             self._notify()
 
     async def _record(self, run: Run, outcome: Outcome) -> str:
-        """Write the outcome with the guarded transition it calls for; say what was recorded."""
+        """Write the outcome with the guarded transition it calls for; say what was recorded.
+
+        A success is logged at DEBUG (the store and the metrics record every run);
+        everything else that happens to a run is logged at INFO or above.
+        """
         ref, task = run.ref, run.task
-        logger = self._log.bind(task_id=task.id, attempt=ref.attempt, queue=task.queue)
-        if outcome.kind is OutcomeKind.SUCCEEDED:
-            if await self._persist(lambda: self._completions.submit((ref, outcome.result))):
-                self.stats.succeeded += 1
-                logger.info("task_succeeded")
-                return "succeeded"
+        succeeded = outcome.kind is OutcomeKind.SUCCEEDED
+        if succeeded and await self._complete(ref, outcome.result):
+            self.stats.succeeded += 1
+            self._log.debug("task_succeeded", **self._log_fields(run))
+            return "succeeded"
+        logger = self._log.bind(**self._log_fields(run))
+        if succeeded:
             logger.warning("task_result_discarded", reason="the lease was taken over")
             return "abandoned"
         if outcome.kind is OutcomeKind.FAILED:
@@ -340,6 +406,13 @@ class Worker:
         else:
             logger.warning("task_abandoned", reason="the lease was lost")
         return "abandoned"
+
+    async def _complete(self, ref: RunRef, result: Any) -> bool:
+        """The common case first: one try, no closure; retried like any write if it fails."""
+        try:
+            return await self._completions.submit((ref, result))
+        except StoreUnavailable:
+            return await self._persist(lambda: self._completions.submit((ref, result)))
 
     async def _persist(self, write: Callable[[], Awaitable[bool]]) -> bool:
         """Retry a write while the store is unreachable, as long as our lease could last."""

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
-from krolik.broker.base import Broker, Delivery, Subscription, TaskMessage
+from krolik.broker.base import Broker, Delivery, Subscription, TaskMessage, encode_messages
 from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER
 from krolik.errors import BrokerUnavailable
 
@@ -262,3 +262,98 @@ async def test_close_ends_every_subscription(any_broker: Broker, subscribe: Subs
     await any_broker.publish([message(2)])
     assert await new.next_message() == message(2)  # the closed subscription takes nothing
     assert old.empty()
+
+
+# -- packed messages -----------------------------------------------------------------
+async def next_tasks(inbox: Inbox) -> list[TaskMessage]:
+    """The tasks of the next delivery, which is acked."""
+    delivery = await inbox.next()
+    await inbox.ack(delivery)
+    return TaskMessage.decode_many(delivery.body)
+
+
+async def test_publish_packs_up_to_per_message_tasks_of_a_queue_in_order(
+    any_broker: Broker, subscribe: Subscribe
+) -> None:
+    sent = [message(i) for i in range(1, 8)]
+    await any_broker.publish(sent, per_message=3)
+    info = await any_broker.inspect_queue(DEFAULT)
+    assert info is not None
+    assert info.messages == 3
+    inbox = Inbox()
+    await subscribe([DEFAULT], 10, inbox)
+    got = [await next_tasks(inbox) for _ in range(3)]
+    assert [len(tasks) for tasks in got] == [3, 3, 1]
+    assert [task for tasks in got for task in tasks] == sent
+    await any_broker.publish([message(99)])
+    assert await inbox.next_message() == message(99)  # a marker: nothing else was queued
+
+
+async def test_a_lone_task_is_published_in_the_single_task_form(
+    any_broker: Broker, subscribe: Subscribe
+) -> None:
+    """Workers of the last release read only this form: packing must not change it."""
+    await any_broker.publish([message(1), message(2, OTHER)], per_message=10)
+    inbox = Inbox()
+    await subscribe([DEFAULT], 10, inbox)
+    delivery = await inbox.next()
+    await inbox.ack(delivery)
+    assert delivery.body == message(1).encode()
+
+
+async def test_tasks_of_two_queues_are_never_packed_together(
+    any_broker: Broker, subscribe: Subscribe
+) -> None:
+    sent = [message(1), message(2, OTHER), message(3), message(4, OTHER), message(5)]
+    await any_broker.publish(sent, per_message=10)
+    defaults, others = Inbox(), Inbox()
+    await subscribe([DEFAULT], 10, defaults)
+    await subscribe([OTHER], 10, others)
+    assert await next_tasks(defaults) == [message(1), message(3), message(5)]
+    assert await next_tasks(others) == [message(2, OTHER), message(4, OTHER)]
+    await any_broker.publish([message(6), message(7, OTHER)])
+    assert await defaults.next_message() == message(6)  # markers: one message per queue
+    assert await others.next_message() == message(7, OTHER)
+
+
+async def test_dead_letter_part_sets_one_task_aside_and_leaves_the_message_unsettled(
+    any_broker: Broker, subscribe: Subscribe
+) -> None:
+    packed = [message(1, OTHER), message(2, OTHER), message(3, OTHER)]
+    await any_broker.publish(packed, per_message=3)
+    inbox = Inbox()
+    await subscribe([OTHER], 1, inbox)
+    delivery = await inbox.next()
+    assert delivery.body == encode_messages(packed)
+    await delivery.dead_letter_part(packed[1], "task 2 does not exist")
+
+    [(body, headers)] = await any_broker.dead_lettered()
+    assert body == message(2, OTHER).encode()  # the single-task form, not the packed one
+    assert TaskMessage.decode(body) == message(2, OTHER)
+    assert headers[REASON_HEADER] == "task 2 does not exist"
+    assert headers[ORIGIN_HEADER] == OTHER
+
+    await inbox.ack(delivery)  # still ours to settle
+    await any_broker.publish([message(4, OTHER)])
+    assert await inbox.next_message() == message(4, OTHER)  # the packed one is gone
+    assert len(await any_broker.dead_lettered()) == 1
+    assert inbox.most_unsettled == 1
+
+
+async def test_a_message_with_a_dead_lettered_part_can_still_be_requeued(
+    any_broker: Broker, subscribe: Subscribe
+) -> None:
+    packed = [message(1), message(2)]
+    await any_broker.publish(packed, per_message=2)
+    inbox = Inbox()
+    await subscribe([DEFAULT], 10, inbox)
+    delivery = await inbox.next()
+    await delivery.dead_letter_part(packed[0], "x" * (MAX_REASON_LENGTH * 2))
+    inbox.unsettled -= 1
+    await delivery.requeue()
+    again = await inbox.next()
+    assert (again.body, again.redelivered) == (delivery.body, True)
+    await inbox.ack(again)
+    [(body, headers)] = await any_broker.dead_lettered()
+    assert body == message(1).encode()
+    assert headers[REASON_HEADER] == "x" * MAX_REASON_LENGTH
