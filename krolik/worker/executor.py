@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import traceback
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -46,17 +45,27 @@ class Run:
     timeout_seconds: float | None
     stop_reason: StopReason | None = None
     handler_task: asyncio.Task[Any] | None = field(default=None, repr=False)
+    """The asyncio task running the handler while it runs (the one ``execute`` runs in)."""
+    cancel_sent: bool = field(default=False, repr=False)
 
     def stop(self, reason: StopReason) -> None:
         """Ask the handler to stop; the first reason given wins."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self.handler_task is not None:
+        if self.handler_task is not None and not self.cancel_sent:
+            self.cancel_sent = True
             self.handler_task.cancel()
 
 
 async def execute(run: Run) -> Outcome:
-    """Run the handler of ``run`` to an outcome; never raises for the handler's faults."""
+    """Run the handler of ``run`` to an outcome; never raises for the handler's faults.
+
+    The handler runs in the caller's own asyncio task (no task and no waiter of its
+    own per run): ``Run.stop`` cancels that task while the handler runs, and the
+    cancellation is taken back here once it has been turned into an outcome.
+    """
+    if run.stop_reason is not None:  # stopped before it even started
+        return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason)
     context = TaskContext(
         task_id=run.task.id,
         name=run.task.name,
@@ -65,36 +74,36 @@ async def execute(run: Run) -> Outcome:
         max_attempts=run.task.max_attempts or 1,
         worker_id=run.ref.worker_id,
     )
-    handler_task = asyncio.create_task(run.handler.run(run.task.payload, context))
-    run.handler_task = handler_task
-    if run.stop_reason is not None:  # stopped before it even started
-        handler_task.cancel()
+    current = asyncio.current_task()
+    assert current is not None
+    deadline = asyncio.timeout(run.timeout_seconds) if run.timeout_seconds else None
+    run.handler_task = current
     try:
-        done, _ = await asyncio.wait({handler_task}, timeout=run.timeout_seconds)
+        if deadline is None:
+            result = await run.handler.run(run.task.payload, context)
+        else:
+            async with deadline:
+                result = await run.handler.run(run.task.payload, context)
     except asyncio.CancelledError:
-        handler_task.cancel()
-        raise
-    if not done:
-        handler_task.cancel()
-        with contextlib.suppress(BaseException):
-            await handler_task
-        if run.stop_reason is None:
-            return Outcome(
-                OutcomeKind.FAILED,
-                error=f"TimeoutError: the handler ran longer than {run.timeout_seconds:g}s",
-            )
-    if handler_task.cancelled() or (
-        run.stop_reason is not None and handler_task.exception() is not None
-    ):
+        if not run.cancel_sent:
+            raise  # cancelled from outside: not ours to turn into an outcome
         return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason or StopReason.SHUTDOWN)
-    exc = handler_task.exception()
-    if exc is not None:
+    except Exception as exc:
+        if run.stop_reason is not None:  # the handler turned the stop into an error
+            return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason)
+        if deadline is not None and deadline.expired():
+            return _timed_out(run)
         return Outcome(
             OutcomeKind.FAILED,
             error=_storable(f"{type(exc).__name__}: {exc}"),
             traceback=_storable("".join(traceback.format_exception(exc))),
         )
-    result = handler_task.result()
+    finally:
+        run.handler_task = None
+        if run.cancel_sent:
+            current.uncancel()
+    if deadline is not None and deadline.expired():  # the handler swallowed its cancellation
+        return _timed_out(run)
     try:
         orjson.dumps(result)
     except TypeError as err:
@@ -105,6 +114,13 @@ async def execute(run: Run) -> Outcome:
             error="the result cannot be stored: NUL characters (\\u0000) are not allowed",
         )
     return Outcome(OutcomeKind.SUCCEEDED, result=result)
+
+
+def _timed_out(run: Run) -> Outcome:
+    return Outcome(
+        OutcomeKind.FAILED,
+        error=f"TimeoutError: the handler ran longer than {run.timeout_seconds:g}s",
+    )
 
 
 def _storable(text: str) -> str:

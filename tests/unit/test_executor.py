@@ -228,22 +228,60 @@ async def test_stop_while_the_handler_turns_cancellation_into_an_error():
     assert outcome == Outcome(OutcomeKind.STOPPED, stop_reason=StopReason.CANCEL_REQUESTED)
 
 
-async def test_handler_finishing_before_the_cancel_lands_succeeds():
-    """The stop comes after the handler returned but before execute looked at it."""
+async def test_a_stop_landing_after_the_handler_returned_does_not_cancel_the_caller():
+    """The stop comes on the loop pass after the handler returned: the run succeeded, and
+    the task that ran it (which goes on to record the outcome) is not cancelled."""
     run: Run
 
     async def handler(payload):
-        # runs on the next loop pass: after this coroutine has returned, before
-        # execute's wait wakes up
         asyncio.get_running_loop().call_soon(run.stop, StopReason.CANCEL_REQUESTED)
         return "finished"
 
     run = make_run(handler)
     outcome = await execute(run)
+    await asyncio.sleep(0)  # a loop pass: the stop lands now
+    await asyncio.sleep(0)  # and this await would raise if it had cancelled us
     assert run.stop_reason is StopReason.CANCEL_REQUESTED  # the stop did land
-    assert run.handler_task is not None
-    assert not run.handler_task.cancelled()
     assert outcome == Outcome(OutcomeKind.SUCCEEDED, result="finished")
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
+
+
+async def test_a_stop_during_the_handler_leaves_the_caller_uncancelled():
+    started = asyncio.Event()
+
+    async def handler(payload):
+        started.set()
+        await asyncio.sleep(10)
+
+    async def run_then_go_on(run: Run) -> tuple[Outcome, int]:
+        outcome = await execute(run)
+        await asyncio.sleep(0.01)  # recording the outcome must not be cancelled
+        current = asyncio.current_task()
+        assert current is not None
+        return outcome, current.cancelling()
+
+    run = make_run(handler, timeout=5)
+    running = asyncio.create_task(run_then_go_on(run))
+    await asyncio.wait_for(started.wait(), 2)
+    run.stop(StopReason.LEASE_LOST)
+    run.stop(StopReason.LEASE_LOST)  # a second stop sends no second cancellation
+    outcome, cancelling = await asyncio.wait_for(running, 2)
+    assert outcome == Outcome(OutcomeKind.STOPPED, stop_reason=StopReason.LEASE_LOST)
+    assert cancelling == 0
+
+
+async def test_a_handler_swallowing_the_timeout_still_times_out():
+    async def handler(payload):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "pretends it finished"
+
+    outcome = await execute(make_run(handler, timeout=0.05))
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.error == "TimeoutError: the handler ran longer than 0.05s"
 
 
 async def test_stop_after_execute_returned_changes_nothing():
