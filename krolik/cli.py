@@ -66,7 +66,7 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 
 def load_settings() -> Settings:
     settings = Settings()
-    configure_logging(level="DEBUG" if settings.debug else "INFO")
+    configure_logging(level=settings.log_level or ("DEBUG" if settings.debug else "INFO"))
     return settings
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -101,6 +102,7 @@ class Metrics(Observer):
             buckets=HTTP_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._by_result = {
             "succeeded": self.succeeded,
             "failed": self.failed,
@@ -109,22 +111,30 @@ class Metrics(Observer):
             "released": self.released,
         }
 
+    def labelled(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once: the hooks run for every task."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     # -- Observer hooks --------------------------------------------------------------
     def task_submitted(self, task: Task) -> None:
-        self.submitted.labels(task.name, task.queue).inc()
+        self.labelled(self.submitted, task.name, task.queue).inc()
 
     def task_started(self, task: Task) -> None:
-        self.started.labels(task.name, task.queue).inc()
+        self.labelled(self.started, task.name, task.queue).inc()
         if task.started_at is not None:
             wait = (task.started_at - task.run_at).total_seconds()
-            self.queue_wait.labels(task.name).observe(max(wait, 0.0))
+            self.labelled(self.queue_wait, task.name).observe(max(wait, 0.0))
 
     def task_finished(self, task: Task, result: str, seconds: float) -> None:
         counter = self._by_result.get(result)
         if counter is not None:
-            counter.labels(task.name, task.queue).inc()
+            self.labelled(counter, task.name, task.queue).inc()
         if result in ("succeeded", "failed", "retried"):
-            self.duration.labels(task.name).observe(seconds)
+            self.labelled(self.duration, task.name).observe(seconds)
 
     def task_rescued(self, task_id: int, status: str) -> None:
         self.rescued.labels(status).inc()
@@ -240,7 +250,8 @@ class HttpMetrics:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET")
-            self.metrics.http_requests.labels(method, template, str(status)).inc()
-            self.metrics.http_latency.labels(method, template).observe(
+            metrics = self.metrics
+            metrics.labelled(metrics.http_requests, method, template, str(status)).inc()
+            metrics.labelled(metrics.http_latency, method, template).observe(
                 time.perf_counter() - started
             )

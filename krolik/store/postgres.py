@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,13 +15,30 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import Float
 
 from krolik.settings import DatabaseSettings
+from krolik.states import TaskStatus
 from krolik.store.base import Claim, Enqueued, NewTask, OutboxEntry, RunRef, Task
-from krolik.store.sql import SqlTaskStore, is_unavailable, raise_if_unavailable, row_to_task
+from krolik.store.sql import SqlTaskStore, is_unavailable, raise_if_unavailable
 from krolik.store.tables import Timestamp, tasks
 
 
 def json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+# The hot paths return exactly Task's fields, in its order, so a record becomes a Task
+# without a dict or a conversion per column (asyncpg already gives aware datetimes).
+TASK_FIELDS = [field.name for field in fields(Task)]
+STATUS_INDEX = TASK_FIELDS.index("status")
+
+
+def returning(alias: str) -> str:
+    return ", ".join(f"{alias}.{name}" for name in TASK_FIELDS)
+
+
+def record_to_task(record: Any) -> Task:
+    values = list(record)
+    values[STATUS_INDEX] = TaskStatus(values[STATUS_INDEX])
+    return Task(*values)
 
 
 # The hot path of submission: tasks and their outbox rows in ONE statement (one round
@@ -45,8 +63,8 @@ WITH new AS (
     INSERT INTO krolik_outbox (task_id, queue, name, available_at)
     SELECT id, queue, name, run_at FROM new
 )
-SELECT * FROM new ORDER BY id
-"""
+SELECT {columns} FROM new ORDER BY id
+""".format(columns=returning("new"))
 
 
 # A worker's claims and completions, many runs per statement (the guards of sql.py's
@@ -62,8 +80,8 @@ SET status = 'processing',
     updated_at = clock_timestamp()
 FROM unnest($1::bigint[], $2::int[]) AS c(id, default_max)
 WHERE t.id = c.id AND t.status = 'pending' AND t.run_at <= clock_timestamp()
-RETURNING t.*
-"""
+RETURNING {columns}
+""".format(columns=returning("t"))
 
 COMPLETE_MANY_SQL = """
 UPDATE krolik_tasks AS t
@@ -162,7 +180,7 @@ class PostgresTaskStore(SqlTaskStore):
             # other statement of the store does (nothing of the batch was written).
             return await super().enqueue(new_tasks)
         # SQLAlchemy's asyncpg codecs already decoded the JSON columns.
-        return [Enqueued(row_to_task(record), created=True) for record in records]
+        return [Enqueued(record_to_task(record), created=True) for record in records]
 
     async def claim_many(
         self, claims: Sequence[Claim], worker_id: str, lease_seconds: float
@@ -176,7 +194,7 @@ class PostgresTaskStore(SqlTaskStore):
             worker_id,
             float(lease_seconds),
         )
-        claimed = {record["id"]: row_to_task(record) for record in records}
+        claimed = {task.id: task for task in map(record_to_task, records)}
         # One winner per id: the first claim naming it.
         return [claimed.pop(claim.task_id, None) for claim in claims]
 
