@@ -19,7 +19,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from krolik.api.deps import SettingsDep, StoreDep
+from krolik.api.deps import settings_of, store_of
 from krolik.api.rate_limit import RateLimiter
 from krolik.settings import Settings
 from krolik.store.base import ApiKey, TaskStore
@@ -92,11 +92,11 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
 
     async def check(
         request: Request,
-        store: StoreDep,
-        settings: SettingsDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
-        principal = await _identify(request, store, settings, credentials, scope)
+        principal = await _identify(
+            request, store_of(request), settings_of(request), credentials, scope
+        )
         limiter: RateLimiter = request.app.state.rate_limiter
         if limiter.enabled:
             await limiter.hit(principal.rate_key)

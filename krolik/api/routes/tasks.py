@@ -10,7 +10,15 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 
 from krolik.api.admission import Admission
 from krolik.api.auth import AdminAccess, Principal, ReadAccess, SubmitAccess
-from krolik.api.deps import ObserverDep, RelayDep, SettingsDep, StoreDep
+from krolik.api.deps import (
+    RelayDep,
+    SettingsDep,
+    StoreDep,
+    observer_of,
+    relay_of,
+    settings_of,
+    store_of,
+)
 from krolik.api.errors import GUARDED_RESPONSES, BadRequest
 from krolik.api.schemas import (
     MAX_ID,
@@ -70,13 +78,11 @@ def decode_cursor(cursor: str) -> int:
 async def _create(
     body: TaskCreate,
     response: Response,
-    store: StoreDep,
-    settings: SettingsDep,
-    relay: RelayDep,
-    observer: ObserverDep,
     caller: SubmitAccess,
     request: Request,
 ) -> TaskCreated:
+    store, settings = store_of(request), settings_of(request)
+    relay, observer = relay_of(request), observer_of(request)
     admission: Admission = request.app.state.admission
     await admission.admit(store, body.queue or settings.default_queue)
     committer: MicroBatcher[NewTask, Enqueued] = request.app.state.committer
@@ -99,13 +105,11 @@ async def _create(
 )
 async def create_batch(
     body: TaskBatch,
-    store: StoreDep,
-    settings: SettingsDep,
-    relay: RelayDep,
-    observer: ObserverDep,
     caller: SubmitAccess,
     request: Request,
 ) -> TaskBatchCreated:
+    store, settings = store_of(request), settings_of(request)
+    relay, observer = relay_of(request), observer_of(request)
     if len(body.tasks) > settings.api.max_batch_size:
         raise HTTPException(
             422, f"a batch holds at most {settings.api.max_batch_size} tasks, not {len(body.tasks)}"
