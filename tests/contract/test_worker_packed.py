@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import orjson
 import pytest
 
@@ -36,6 +35,7 @@ from krolik.store.base import NewTask, Task, TaskStore
 from krolik.store.sqlite import SqliteTaskStore
 from krolik.worker import Worker
 from tests.conftest import AMQP_URL, test_settings, wait_for_task
+from tests.support.amqp import publish_raw
 from tests.support.waiting import wait_until
 
 MODES = ["production", "embedded"]
@@ -65,16 +65,7 @@ class Deployment:
             await self.broker.publish_raw(self.queue, body)
             return
         assert isinstance(self.broker, RabbitMQBroker)
-        topology = self.broker.topology
-        connection = await aio_pika.connect(AMQP_URL, timeout=5)
-        async with connection:
-            channel = await connection.channel()
-            exchange = await channel.get_exchange(topology.exchange)
-            await exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=topology.queue(self.queue).routing_key,
-                mandatory=True,
-            )
+        await publish_raw(AMQP_URL, self.broker.topology, self.queue, body)
 
     async def enqueue(
         self, name: str, payloads: Sequence[Any], queue: str | None = None

@@ -22,6 +22,7 @@ from krolik.store.base import NewTask, TaskStore
 from krolik.worker import Worker
 from tests.conftest import AMQP_URL, wait_for_task
 from tests.edge.conftest import wait_until
+from tests.support.amqp import publish_raw
 
 MakeWorker = Callable[..., Awaitable[Worker]]
 
@@ -32,16 +33,7 @@ def _topology(settings: Settings) -> Topology:
 
 async def _publish_raw(settings: Settings, body: bytes) -> None:
     """A message straight onto the default queue's routing key, as any client could."""
-    topology = _topology(settings)
-    connection = await aio_pika.connect(AMQP_URL, timeout=5)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(topology.exchange)
-        await exchange.publish(
-            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=topology.queue(settings.default_queue).routing_key,
-            mandatory=True,
-        )
+    await publish_raw(AMQP_URL, _topology(settings), settings.default_queue, body)
 
 
 async def _ready_in_main_queue(settings: Settings) -> int:
