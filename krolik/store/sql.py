@@ -74,8 +74,22 @@ def is_unavailable(exc: BaseException) -> bool:
     )
 
 
+UNDEFINED_TABLE = "42P01"
+
+
+def is_schema_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` says a Krolik table does not exist: ``krolik migrate`` was not run."""
+    for candidate in (exc, getattr(exc, "orig", None)):
+        if getattr(candidate, "sqlstate", None) == UNDEFINED_TABLE:
+            return True
+    return isinstance(exc, OperationalError) and "no such table" in str(exc)
+
+
 def raise_if_unavailable(exc: BaseException) -> None:
-    """Raise ``StoreUnavailable`` (from ``exc``) if ``exc`` means the database is away."""
+    """Raise ``StoreUnavailable`` (from ``exc``) if ``exc`` means the database is away,
+    or has no Krolik tables yet (an operator's step is missing, not a bad request)."""
+    if is_schema_missing(exc):
+        raise StoreUnavailable("the database has no Krolik tables: run `krolik migrate`") from exc
     if is_unavailable(exc):
         raise StoreUnavailable(f"the task store cannot be reached: {type(exc).__name__}") from exc
 
@@ -160,8 +174,9 @@ class SqlTaskStore(TaskStore):
         await self.engine.dispose()
 
     async def ping(self) -> None:
+        """Reachable and migrated: a database without Krolik's tables is not ready."""
         async with self._tx() as conn:
-            await conn.execute(select(literal(1)))
+            await conn.execute(select(literal(1)).select_from(tasks).limit(0))
 
     async def _dispatch(self, conn: AsyncConnection, rows: Iterable[Mapping[Any, Any]]) -> None:
         """Write the outbox rows that will publish these tasks when they are due."""
