@@ -55,7 +55,14 @@ def pg_url(database: str, host: str = PG_HOST, port: int = PG_PORT) -> str:
 @pytest.fixture(scope="session")
 async def pg_database() -> AsyncIterator[str]:
     """A freshly migrated database for this test run; dropped at the end."""
-    name = f"krolik_test_{uuid.uuid4().hex[:12]}"
+    async with new_database("krolik_test", migrate=True) as name:
+        yield name
+
+
+@contextlib.asynccontextmanager
+async def new_database(prefix: str, *, migrate: bool) -> AsyncIterator[str]:
+    """A database of its own, migrated or left empty; dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         admin = await asyncpg.connect(
             host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=5
@@ -64,7 +71,8 @@ async def pg_database() -> AsyncIterator[str]:
         service_missing(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}: {exc}")
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        await upgrade_async(pg_url(name))
+        if migrate:
+            await upgrade_async(pg_url(name))
         yield name
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import asyncpg
 import httpx
 import pytest
 
@@ -14,25 +12,14 @@ from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.errors import StoreUnavailable
 from krolik.store.base import NewTask
 from krolik.store.postgres import PostgresTaskStore
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, service_missing, test_settings
+from tests.conftest import new_database, test_settings
 
 
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
     """A database with no tables at all."""
-    name = f"krolik_empty_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=5
-        )
-    except (OSError, asyncpg.PostgresError) as exc:
-        service_missing(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}: {exc}")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+    async with new_database("krolik_empty", migrate=False) as name:
         yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_the_store_says_to_run_migrate(empty_database: str, run_id: str) -> None:
