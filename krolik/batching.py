@@ -9,6 +9,7 @@ Each caller gets its own result back, after the batch holding it was committed.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -48,21 +49,25 @@ class MicroBatcher(Generic[T, R]):
         self.max_in_flight = max_in_flight
         self.batches = 0
         """Batches that went through (for tests and benchmarks)."""
-        self._queue: list[_Waiting[T, R]] = []
+        self._queue: deque[list[_Waiting[T, R]]] = deque()
+        """Groups of waiting items: one per ``submit``, one per ``submit_many``."""
         self._flushers: set[asyncio.Task[None]] = set()
         self._active = 0
         """Flushers still looping; counted down the moment one finds the queue empty."""
 
     async def submit(self, item: T) -> R:
         waiting: _Waiting[T, R] = _Waiting(item)
-        self._queue.append(waiting)
+        self._queue.append([waiting])
         self._start_flusher()
         return await waiting.done
 
     async def submit_many(self, items: Sequence[T]) -> list[R]:
-        """Several items at once: they go in the same batch when it has room."""
+        """Several items at once, in one batch (cut only where they exceed ``max_batch``):
+        they succeed or fail with one statement."""
         waitings: list[_Waiting[T, R]] = [_Waiting(item) for item in items]
-        self._queue.extend(waitings)
+        if not waitings:
+            return []
+        self._queue.append(waitings)
         self._start_flusher()
         return list(await asyncio.gather(*(waiting.done for waiting in waitings)))
 
@@ -77,10 +82,24 @@ class MicroBatcher(Generic[T, R]):
     async def _flush(self) -> None:
         try:
             while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                await self._run(batch)
+                await self._run(self._next_batch())
         finally:
             self._active -= 1
+
+    def _next_batch(self) -> list[_Waiting[T, R]]:
+        """Whole groups up to ``max_batch`` items; a group larger than that is cut."""
+        batch: list[_Waiting[T, R]] = []
+        while self._queue:
+            group = self._queue[0]
+            room = self.max_batch - len(batch)
+            if len(group) <= room:
+                batch.extend(self._queue.popleft())
+            elif not batch:
+                batch, self._queue[0] = group[:room], group[room:]
+                break
+            else:
+                break
+        return batch
 
     async def _run(self, batch: list[_Waiting[T, R]]) -> None:
         try:

@@ -108,6 +108,35 @@ async def test_submit_many_is_cut_at_the_largest_batch() -> None:
     assert operation.batches == [[1, 2], [3, 4], [5]]
 
 
+async def test_a_submit_many_group_is_never_split_across_batches() -> None:
+    """A packed message's claims succeed or fail together: the group waits for the next
+    batch rather than straddling two."""
+    operation = Recorder()
+    operation.gate = asyncio.Event()
+    batcher: MicroBatcher[int, str] = MicroBatcher(operation, max_batch=4, max_in_flight=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.wait_for(operation.entered.wait(), 1)
+    two = asyncio.create_task(batcher.submit_many([2, 3]))
+    three = asyncio.create_task(batcher.submit_many([4, 5, 6]))
+    last = asyncio.create_task(batcher.submit(7))
+    await asyncio.sleep(0)
+    operation.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(first, two, three, last), 1) == [
+        "r1",
+        ["r2", "r3"],
+        ["r4", "r5", "r6"],
+        "r7",
+    ]
+    assert operation.batches == [[1], [2, 3], [4, 5, 6, 7]]
+
+
+async def test_submit_many_of_nothing_returns_at_once() -> None:
+    operation = Recorder()
+    batcher: MicroBatcher[int, str] = MicroBatcher(operation)
+    assert await batcher.submit_many([]) == []
+    assert operation.batches == []
+
+
 @pytest.mark.parametrize("error", [StoreError, StoreUnavailable])
 async def test_a_store_error_fails_every_item_without_unretrieved_exceptions(
     error: type[StoreError],
