@@ -23,6 +23,7 @@ from krolik.errors import (
     InvalidTransition,
     StoreUnavailable,
 )
+from krolik.heap import freeze_startup_heap
 from krolik.log import configure_logging, get_logger
 from krolik.maintenance import LeaseRescuer
 from krolik.registry import Registry, default_registry
@@ -192,6 +193,7 @@ async def _run_worker(
             "rabbitmq", the_worker.start, stop
         ):
             rescuer.start()
+            freeze_startup_heap()
             await stop.wait()
             log.info("signal_received")
     finally:
@@ -238,6 +240,7 @@ async def _run_relay(settings: Settings) -> None:
     stop = _stop_on_signals()
     the_relay = OutboxRelay(store, broker, settings.relay)
     the_relay.start()
+    freeze_startup_heap()
     try:
         await stop.wait()
         log.info("signal_received")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aio_pika
@@ -40,6 +41,13 @@ PG_HOST = os.environ.get("KROLIK_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("KROLIK_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("KROLIK_TEST_PG_USER", "postgres")
 AMQP_URL = os.environ.get("KROLIK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_heap() -> Iterator[None]:
+    """Apps freeze the heap at start-up; a test suite starts hundreds, so thaw after each."""
+    yield
+    gc.unfreeze()
 
 
 def service_missing(message: str) -> None:

@@ -22,6 +22,7 @@ from krolik.broker.base import Broker
 from krolik.components import build_broker, build_store
 from krolik.errors import BrokerUnavailable
 from krolik.events import Observers
+from krolik.heap import freeze_startup_heap
 from krolik.log import get_logger
 from krolik.metrics import HttpMetrics, Metrics, StoreGauges
 from krolik.relay import OutboxRelay
@@ -77,6 +78,7 @@ def create_app(
             relay.start()
         else:
             connector = asyncio.create_task(_keep_broker_connected(the_broker))
+        freeze_startup_heap()
         try:
             yield
         finally:

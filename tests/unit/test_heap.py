@@ -1,0 +1,55 @@
+"""Freezing the start-up heap: garbage goes first, the living are frozen, the API does it."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asgi_lifespan import LifespanManager
+
+from krolik.api.app import create_app
+from krolik.broker.memory import MemoryBroker
+from krolik.heap import freeze_startup_heap
+from krolik.store.sqlite import SqliteTaskStore
+from tests.conftest import test_settings
+
+
+class Node:
+    """A cycle of these is garbage only the collector can free."""
+
+    partner: Node | None = None
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_garbage_is_collected_before_the_freeze(unfrozen: None) -> None:
+    first, second = Node(), Node()
+    first.partner, second.partner = second, first
+    garbage = weakref.ref(first)
+    del first, second
+    alive = Node()
+
+    freeze_startup_heap()
+
+    assert garbage() is None, "a cycle left over from start-up was frozen forever"
+    assert gc.get_freeze_count() > 0
+    assert gc.is_tracked(alive)
+
+
+async def test_the_api_freezes_its_heap_once_started(unfrozen: None, tmp_path: Path) -> None:
+    store = SqliteTaskStore(tmp_path / "krolik.sqlite3")
+    app = create_app(test_settings("unused", "heap"), store=store, broker=MemoryBroker())
+    assert gc.get_freeze_count() == 0
+    try:
+        async with LifespanManager(app):
+            assert gc.get_freeze_count() > 0
+    finally:
+        await store.close()
