@@ -23,7 +23,7 @@ from krolik.errors import (
     InvalidTransition,
     StoreUnavailable,
 )
-from krolik.heap import freeze_startup_heap
+from krolik.heap import tune_garbage_collector
 from krolik.log import configure_logging, get_logger
 from krolik.maintenance import LeaseRescuer
 from krolik.registry import Registry, default_registry
@@ -193,7 +193,7 @@ async def _run_worker(
             "rabbitmq", the_worker.start, stop
         ):
             rescuer.start()
-            freeze_startup_heap()
+            tune_garbage_collector()
             await stop.wait()
             log.info("signal_received")
     finally:
@@ -240,7 +240,7 @@ async def _run_relay(settings: Settings) -> None:
     stop = _stop_on_signals()
     the_relay = OutboxRelay(store, broker, settings.relay)
     the_relay.start()
-    freeze_startup_heap()
+    tune_garbage_collector()
     try:
         await stop.wait()
         log.info("signal_received")

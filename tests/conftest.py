@@ -44,10 +44,13 @@ AMQP_URL = os.environ.get("KROLIK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:
 
 
 @pytest.fixture(autouse=True)
-def _unfreeze_heap() -> Iterator[None]:
-    """Apps freeze the heap at start-up; a test suite starts hundreds, so thaw after each."""
+def _restore_garbage_collector() -> Iterator[None]:
+    """Apps freeze the heap and space out GC passes at start-up; a test suite starts
+    hundreds of them, so each test ends with the collector as it found it."""
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def service_missing(message: str) -> None:

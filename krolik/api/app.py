@@ -22,7 +22,7 @@ from krolik.broker.base import Broker
 from krolik.components import build_broker, build_store
 from krolik.errors import BrokerUnavailable
 from krolik.events import Observers
-from krolik.heap import freeze_startup_heap
+from krolik.heap import tune_garbage_collector
 from krolik.log import get_logger
 from krolik.metrics import HttpMetrics, Metrics, StoreGauges
 from krolik.relay import OutboxRelay
@@ -78,7 +78,7 @@ def create_app(
             relay.start()
         else:
             connector = asyncio.create_task(_keep_broker_connected(the_broker))
-        freeze_startup_heap()
+        tune_garbage_collector()
         try:
             yield
         finally:

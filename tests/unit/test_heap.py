@@ -1,10 +1,9 @@
-"""Freezing the start-up heap: garbage goes first, the living are frozen, the API does it."""
+"""GC tuning at start-up: garbage goes first, the living are frozen, the API does it."""
 
 from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,12 @@ from asgi_lifespan import LifespanManager
 
 from krolik.api.app import create_app
 from krolik.broker.memory import MemoryBroker
-from krolik.heap import freeze_startup_heap
+from krolik.heap import (
+    MIDDLE_THRESHOLD,
+    OLDEST_THRESHOLD,
+    YOUNG_THRESHOLD,
+    tune_garbage_collector,
+)
 from krolik.store.sqlite import SqliteTaskStore
 from tests.conftest import test_settings
 
@@ -24,9 +28,8 @@ class Node:
 
 
 @pytest.fixture
-def unfrozen() -> Iterator[None]:
-    gc.unfreeze()
-    yield
+def unfrozen() -> None:
+    """Start from a thawed heap (the suite's autouse fixture restores the rest)."""
     gc.unfreeze()
 
 
@@ -37,11 +40,12 @@ def test_garbage_is_collected_before_the_freeze(unfrozen: None) -> None:
     del first, second
     alive = Node()
 
-    freeze_startup_heap()
+    tune_garbage_collector()
 
     assert garbage() is None, "a cycle left over from start-up was frozen forever"
     assert gc.get_freeze_count() > 0
     assert gc.is_tracked(alive)
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLDEST_THRESHOLD)
 
 
 async def test_the_api_freezes_its_heap_once_started(unfrozen: None, tmp_path: Path) -> None:
@@ -51,5 +55,6 @@ async def test_the_api_freezes_its_heap_once_started(unfrozen: None, tmp_path: P
     try:
         async with LifespanManager(app):
             assert gc.get_freeze_count() > 0
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD
     finally:
         await store.close()
