@@ -27,7 +27,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krolik.events import Observer
 from krolik.store.base import OutboxStats, QueueStats, Task, TaskStore
@@ -118,6 +117,11 @@ class Metrics(Observer):
         if child is None:
             child = self._children[key] = metric.labels(*values)
         return child
+
+    def http_request_done(self, method: str, template: str, status: int, seconds: float) -> None:
+        """One HTTP request answered: counted by route template and status, timed."""
+        self.labelled(self.http_requests, method, template, str(status)).inc()
+        self.labelled(self.http_latency, method, template).observe(seconds)
 
     # -- Observer hooks --------------------------------------------------------------
     def task_submitted(self, task: Task) -> None:
@@ -222,36 +226,3 @@ class StoreGauges(Collector):
             oldest_due = self.outbox.oldest_due_at
             lag.add_metric([], max((now - oldest_due).total_seconds(), 0.0) if oldest_due else 0)
         yield from (backlog, lag)
-
-
-class HttpMetrics:
-    """ASGI middleware: requests by route template and status, with latency."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            metrics = self.metrics
-            metrics.labelled(metrics.http_requests, method, template, str(status)).inc()
-            metrics.labelled(metrics.http_latency, method, template).observe(
-                time.perf_counter() - started
-            )

@@ -11,10 +11,9 @@ from fastapi import FastAPI
 
 from krolik.api.admission import Admission
 from krolik.api.auth import KeyCache
+from krolik.api.edge import HttpEdge
 from krolik.api.errors import install_error_handlers
-from krolik.api.limits import BodySizeLimit
 from krolik.api.rate_limit import RateLimiter
-from krolik.api.request_id import RequestId
 from krolik.api.routes import health, queues, tasks
 from krolik.api.routes import metrics as metrics_route
 from krolik.batching import MicroBatcher
@@ -24,7 +23,7 @@ from krolik.errors import BrokerUnavailable
 from krolik.events import Observers
 from krolik.heap import tune_garbage_collector
 from krolik.log import get_logger
-from krolik.metrics import HttpMetrics, Metrics, StoreGauges
+from krolik.metrics import Metrics, StoreGauges
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
@@ -120,8 +119,5 @@ def create_app(
     for router in (tasks.router, queues.router, health.router, metrics_route.router):
         app.include_router(router)
     install_error_handlers(app)
-    # The last added runs first: request id, then metrics, then the body limit.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_payload_bytes)
-    app.add_middleware(HttpMetrics, metrics=the_metrics)
-    app.add_middleware(RequestId)
+    app.add_middleware(HttpEdge, metrics=the_metrics, max_body_bytes=settings.api.max_payload_bytes)
     return app

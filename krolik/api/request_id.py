@@ -1,7 +1,8 @@
-"""A request id for every HTTP request: taken from X-Request-ID or made, echoed, logged.
+"""A request id for every HTTP request: taken from X-Request-ID or made.
 
-The id is bound to the log context of the request and stored on the tasks the
-request creates, so a worker's log lines can be traced back to the request.
+The id is echoed in the answer, bound to the log context of the request and stored
+on the tasks the request creates, so a worker's log lines can be traced back to the
+request (``krolik/api/edge.py`` does the echoing and binding).
 """
 
 from __future__ import annotations
@@ -9,33 +10,18 @@ from __future__ import annotations
 import os
 import re
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from krolik.log import current_request_id
+from starlette.types import Scope
 
 HEADER = b"x-request-id"
 _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-class RequestId:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope.get("headers", [])).get(HEADER, b"").decode("latin-1")
-        request_id = given if _ACCEPTABLE.match(given) else os.urandom(16).hex()
-        token = current_request_id.set(request_id)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (HEADER, request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            current_request_id.reset(token)
+def request_id_of(scope: Scope) -> str:
+    """The caller's X-Request-ID when it is a sane token, else a fresh random one."""
+    for name, value in scope.get("headers", ()):
+        if name == HEADER:
+            given: str = value.decode("latin-1")
+            if _ACCEPTABLE.match(given):
+                return given
+            break
+    return os.urandom(16).hex()
