@@ -75,12 +75,7 @@ def decode_cursor(cursor: str) -> int:
     return value
 
 
-async def _create(
-    body: TaskCreate,
-    response: Response,
-    caller: SubmitAccess,
-    request: Request,
-) -> TaskCreated:
+async def _create(body: TaskCreate, caller: SubmitAccess, request: Request) -> Response:
     store, settings = store_of(request), settings_of(request)
     relay, observer = relay_of(request), observer_of(request)
     admission: Admission = request.app.state.admission
@@ -91,9 +86,12 @@ async def _create(
         observer.task_submitted(enqueued.task)
         if relay is not None:
             relay.wake()
-    else:
-        response.status_code = status.HTTP_200_OK
-    return TaskCreated.of(enqueued.task)
+    # Written directly: FastAPI would validate and dump the answer once more.
+    return Response(
+        TaskCreated.json_of(enqueued.task),
+        status.HTTP_201_CREATED if enqueued.created else status.HTTP_200_OK,
+        media_type="application/json",
+    )
 
 
 @router.post(
