@@ -215,8 +215,11 @@ class TaskStore(ABC):
     @abstractmethod
     async def retry_later(
         self, run: RunRef, error: str, traceback: str | None, delay_seconds: float
-    ) -> bool:
-        """processing -> pending, due after ``delay_seconds``, with the error kept."""
+    ) -> TaskStatus | None:
+        """processing -> pending, due after ``delay_seconds``, with the error kept.
+
+        Returns where the task went: pending, or cancelled when a cancel was requested
+        while it ran (it is not run again); None when this run no longer owns it."""
 
     @abstractmethod
     async def fail(self, run: RunRef, error: str, traceback: str | None) -> bool:
@@ -226,8 +229,10 @@ class TaskStore(ABC):
     async def mark_cancelled(self, run: RunRef) -> bool: ...
 
     @abstractmethod
-    async def release(self, run: RunRef) -> bool:
-        """processing -> pending at once, not counting the attempt (worker shutdown)."""
+    async def release(self, run: RunRef) -> TaskStatus | None:
+        """processing -> pending at once, not counting the attempt (worker shutdown).
+
+        Returns where the task went, as ``retry_later`` does."""
 
     @abstractmethod
     async def fail_unrunnable(self, task_id: int, error: str) -> bool:

@@ -465,7 +465,7 @@ class SqlTaskStore(TaskStore):
 
     async def _back_to_pending(
         self, run: RunRef, run_at: ColumnElement[datetime], **values: Any
-    ) -> bool:
+    ) -> TaskStatus | None:
         now = self._now()
         asked = tasks.c.cancel_requested  # a run asked to stop is not run again
         stmt = (
@@ -485,19 +485,19 @@ class SqlTaskStore(TaskStore):
         async with self._tx() as conn:
             row = (await conn.execute(stmt)).mappings().first()
             if row is None:
-                return False
+                return None
             if row["status"] == PENDING:
                 await self._dispatch(conn, [row])
-        return True
+        return TaskStatus(row["status"])
 
     async def retry_later(
         self, run: RunRef, error: str, traceback: str | None, delay_seconds: float
-    ) -> bool:
+    ) -> TaskStatus | None:
         return await self._back_to_pending(
             run, self._later(delay_seconds), error=error, traceback=traceback
         )
 
-    async def release(self, run: RunRef) -> bool:
+    async def release(self, run: RunRef) -> TaskStatus | None:
         return await self._back_to_pending(run, self._now(), attempts=tasks.c.attempts - 1)
 
     async def fail_unrunnable(self, task_id: int, error: str) -> bool:

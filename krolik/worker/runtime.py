@@ -27,6 +27,7 @@ from krolik.registry import Handler, Registry
 from krolik.retry import BackoffPolicy
 from krolik.service import LoopService
 from krolik.settings import Settings
+from krolik.states import TaskStatus
 from krolik.store.base import Claim, RunRef, Task, TaskStore
 from krolik.worker.executor import Outcome, OutcomeKind, Run, StopReason, execute
 from krolik.worker.slots import Slots
@@ -382,9 +383,12 @@ class Worker:
             error = outcome.error or "failed"
             if ref.attempt < (task.max_attempts or 1):
                 delay = self.backoff.delay(ref.attempt)
-                if await self._persist(
+                landed = await self._persist(
                     lambda: self.store.retry_later(ref, error, outcome.traceback, delay)
-                ):
+                )
+                if landed is TaskStatus.CANCELLED:
+                    return self._cancelled_meanwhile(logger, error=error)
+                if landed is not None:
                     self.stats.retried += 1
                     logger.warning("task_retry_scheduled", error=error, delay_seconds=delay)
                     return "retried"
@@ -399,7 +403,10 @@ class Worker:
                 logger.info("task_cancelled")
                 return "cancelled"
         elif outcome.stop_reason is StopReason.SHUTDOWN:
-            if await self._persist(lambda: self.store.release(ref)):
+            landed = await self._persist(lambda: self.store.release(ref))
+            if landed is TaskStatus.CANCELLED:
+                return self._cancelled_meanwhile(logger)
+            if landed is not None:
                 self.stats.released += 1
                 logger.info("task_released", reason="worker shutdown")
                 return "released"
@@ -407,15 +414,22 @@ class Worker:
             logger.warning("task_abandoned", reason="the lease was lost")
         return "abandoned"
 
+    def _cancelled_meanwhile(self, logger: Any, **fields: Any) -> str:
+        """The store ended the run as cancelled instead: a cancel came while it ran."""
+        self.stats.cancelled += 1
+        logger.info("task_cancelled", reason="cancel requested while it ran", **fields)
+        return "cancelled"
+
     async def _complete(self, ref: RunRef, result: Any) -> bool:
         """The common case first: one try, no closure; retried like any write if it fails."""
         try:
             return await self._completions.submit((ref, result))
         except StoreUnavailable:
-            return await self._persist(lambda: self._completions.submit((ref, result)))
+            return bool(await self._persist(lambda: self._completions.submit((ref, result))))
 
-    async def _persist(self, write: Callable[[], Awaitable[bool]]) -> bool:
-        """Retry a write while the store is unreachable, as long as our lease could last."""
+    async def _persist(self, write: Callable[[], Awaitable[T]]) -> T | None:
+        """Retry a write while the store is unreachable, as long as our lease could last;
+        None when it could not be recorded in that time."""
         deadline = time.monotonic() + self.settings.worker.lease_seconds
         delay = 0.1
         while True:
@@ -424,7 +438,7 @@ class Worker:
             except StoreUnavailable as exc:
                 if time.monotonic() + delay > deadline:
                     self._log.error("outcome_not_recorded", error=str(exc))
-                    return False
+                    return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

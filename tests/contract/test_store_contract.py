@@ -243,7 +243,7 @@ async def test_claim_takes_a_lease(any_store: TaskStore) -> None:
 
 
 # -- guarded transitions ---------------------------------------------------------------
-FINISHERS: dict[str, Callable[[TaskStore, RunRef], Awaitable[bool]]] = {
+FINISHERS: dict[str, Callable[[TaskStore, RunRef], Awaitable[bool | TaskStatus | None]]] = {
     "complete": lambda store, run: store.complete(run, {"ok": True}),
     "fail": lambda store, run: store.fail(run, "ValueError: boom", "Traceback ..."),
     "retry_later": lambda store, run: store.retry_later(run, "ValueError: boom", None, 60),
@@ -258,6 +258,8 @@ AFTER: dict[str, tuple[TaskStatus, int]] = {
     "mark_cancelled": (TaskStatus.CANCELLED, 1),
     "release": (TaskStatus.PENDING, 0),
 }
+BACK_TO_PENDING = {"retry_later", "release"}
+"""These answer where the task went (None: not this run's any more), the others a bool."""
 
 
 @pytest.mark.parametrize("action", list(FINISHERS))
@@ -274,16 +276,18 @@ async def test_a_run_is_finished_only_by_its_owner_and_only_once(
         RunRef(run.task_id, run.attempt, OTHER_WORKER),
         RunRef(999_999, run.attempt, run.worker_id),
     ]
+    refused = None if action in BACK_TO_PENDING else False
     for ref in stale:
-        assert await finish(any_store, ref) is False, ref
+        assert await finish(any_store, ref) is refused, ref
     assert await current(any_store, task.id) == claimed
 
-    assert await finish(any_store, run) is True
+    accepted = AFTER[action][0] if action in BACK_TO_PENDING else True
+    assert await finish(any_store, run) is accepted
     after = await current(any_store, task.id)
     assert (after.status, after.attempts) == AFTER[action]
     assert after.lease_expires_at is None
 
-    assert await finish(any_store, run) is False
+    assert await finish(any_store, run) is refused
     assert await current(any_store, task.id) == after
 
 
@@ -469,6 +473,23 @@ async def test_cancel_a_running_task_asks_it_to_stop(any_store: TaskStore) -> No
     assert await any_store.heartbeat([run], LEASE) == {task.id: True}
     assert await any_store.mark_cancelled(run)
     assert (await current(any_store, task.id)).status is TaskStatus.CANCELLED
+
+
+@pytest.mark.parametrize("action", sorted(BACK_TO_PENDING))
+async def test_a_run_asked_to_cancel_is_not_sent_back_to_pending(
+    any_store: TaskStore, action: str
+) -> None:
+    """A retry or a release of a run whose task was cancelled meanwhile ends it cancelled,
+    and says so: the worker logs and counts what really happened."""
+    task = await add(any_store)
+    await drain_outbox(any_store)
+    _, run = await take(any_store, task)
+    await any_store.cancel(task.id)
+    assert await FINISHERS[action](any_store, run) is TaskStatus.CANCELLED
+    after = await current(any_store, task.id)
+    assert after.status is TaskStatus.CANCELLED
+    assert after.finished_at is not None
+    assert await due_outbox(any_store) == []
 
 
 async def test_cancel_refuses_final_and_missing_tasks(any_store: TaskStore) -> None:

@@ -195,3 +195,24 @@ async def test_a_message_for_an_unknown_handler_fails_its_task_and_is_dead_lette
     assert headers[REASON_HEADER] == reason
     assert worker.stats.dead_lettered == 1
     assert worker.stats.claimed == 0
+
+
+async def test_a_failure_after_a_cancel_request_is_told_as_a_cancel(store, relay, make_worker):
+    """The store ends such a run cancelled rather than retried: the worker's log and
+    counters say cancelled too, not "retry scheduled"."""
+    registry = Registry()
+
+    @registry.task(name="retry.cancelled_then_fails", max_attempts=3)
+    async def cancelled_then_fails(payload, context) -> None:
+        await store.cancel(context.task_id)  # as if DELETE came in while it ran
+        raise RuntimeError("gave up")
+
+    worker = await make_worker(registry)
+    [enqueued] = await store.enqueue(
+        [NewTask(name="retry.cancelled_then_fails", queue="default", payload=None)]
+    )
+    relay.wake()
+    task = await wait_for_task(store, enqueued.task.id, TaskStatus.CANCELLED, timeout=5)
+    assert task.attempts == 1
+    await wait_until(lambda: worker.stats.cancelled == 1, what="the worker counted a cancel")
+    assert worker.stats.retried == 0
