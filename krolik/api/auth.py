@@ -94,15 +94,25 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
-        principal = await _identify(
-            request, store_of(request), settings_of(request), credentials, scope
-        )
         limiter: RateLimiter = request.app.state.rate_limiter
+        try:
+            principal = await _identify(
+                request, store_of(request), settings_of(request), credentials, scope
+            )
+        except AuthError as exc:
+            if exc.status_code == 401 and limiter.enabled:
+                # No key to count against: a client guessing keys is limited by address.
+                await limiter.hit(f"addr:{_client_of(request)}")
+            raise
         if limiter.enabled:
             await limiter.hit(principal.rate_key)
         return principal
 
     return check
+
+
+def _client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 async def _identify(
@@ -112,7 +122,7 @@ async def _identify(
     credentials: HTTPAuthorizationCredentials | None,
     scope: Scope,
 ) -> Principal:
-    client = request.client.host if request.client else "unknown"
+    client = _client_of(request)
     if not settings.auth.enabled:
         return Principal(name=None, scope=Scope.ADMIN, client=client)
     if credentials is None or credentials.scheme.lower() != "bearer":

@@ -85,6 +85,19 @@ async def test_limits_are_per_client_address_without_keys(make_client: AppClient
             _assert_limited(await same_host.get("/tasks"))
 
 
+async def test_refused_keys_count_against_the_client_address(
+    make_client: AppClient, make_key: MakeKey
+):
+    """A client guessing keys has no key to be counted against: its address is."""
+    good = await make_key("read")
+    api = await make_client(auth={"enabled": True}, rate_limit=LIMIT)
+    wrong = {"Authorization": "Bearer krolik_not-a-key"}
+    assert await _burst(api, wrong) == [401] * 5 + [429]
+    _assert_limited(await api.get("/tasks"))  # no key at all: the same address
+    # A valid key is counted on its own, whatever its address did.
+    assert (await api.get("/tasks", headers=good.headers)).status_code == 200
+
+
 async def test_health_and_metrics_are_not_rate_limited(make_client: AppClient):
     api = await make_client(rate_limit=LIMIT)
     for path in ("/health", "/metrics"):
