@@ -4,19 +4,31 @@ A row is deleted only after RabbitMQ confirmed its message, so a crash anywhere
 leaves at worst a second message for the same task, which the worker's guarded
 claim turns into a no-op. Rows are claimed for a while (SKIP LOCKED), so several
 relays share the work without publishing a task twice in the normal case.
+
+The API's own relay is also handed the rows its requests just wrote, claimed for
+it in the same statement (``TaskStore.enqueue``): it publishes them straight
+away, without a claim round trip, and polls for the rest every ``poll_seconds``.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
+from collections.abc import Iterable
+
 from krolik.broker.base import Broker, TaskMessage
-from krolik.errors import BrokerError, BrokerUnavailable
+from krolik.errors import BrokerError, BrokerUnavailable, StoreError
 from krolik.events import Observer
 from krolik.log import get_logger
 from krolik.service import LoopService
 from krolik.settings import RelaySettings
-from krolik.store.base import TaskStore
+from krolik.store.base import OutboxEntry, TaskStore
 
 log = get_logger(__name__)
+
+MAX_HANDED = 100_000
+"""Rows handed over but not published yet (the broker is away) kept in memory; beyond
+that they wait in the outbox, where any relay takes them when their claim runs out."""
 
 
 class OutboxRelay(LoopService):
@@ -36,11 +48,41 @@ class OutboxRelay(LoopService):
         self.settings = settings
         self.published = 0
         self._connected = False
+        self._handed: list[OutboxEntry] = []
+        self._next_poll = 0.0
+        self._confirmed: list[int] = []
+        """Outbox rows published and confirmed, not deleted yet."""
+        self._ticking = False
+
+    @property
+    def takes_handed_rows(self) -> bool:
+        """Whether new rows should be handed over to this relay rather than left to its
+        poll: only when it is idle and connected, so it publishes them at once. Under load
+        its own claim gathers more rows per tick, which publishes them more cheaply; with
+        the broker away, rows are better left to whichever relay gets there first."""
+        return self.running and self._connected and not self._ticking and not self._handed
+
+    def hand_over(self, entries: Iterable[OutboxEntry]) -> None:
+        """Publish these rows, claimed for this relay by ``enqueue``, on the next tick."""
+        room = MAX_HANDED - len(self._handed)
+        self._handed.extend(itertools.islice(entries, max(room, 0)))
+        self.wake()
 
     async def stop(self) -> None:
         await super().stop()
         # Whoever owns the broker may close it now: a later start() connects again.
         self._connected = False
+        try:
+            await self._forget_confirmed()
+        except StoreError as exc:
+            log.warning("relay_delete_failed", error=str(exc), count=len(self._confirmed))
+        if self._handed:
+            # Another relay may take them at once instead of when their claim runs out.
+            handed, self._handed = self._handed, []
+            try:
+                await self.store.release_outbox([entry.id for entry in handed])
+            except StoreError as exc:
+                log.warning("relay_release_failed", error=str(exc), count=len(handed))
 
     async def _ensure_connected(self) -> bool:
         if self._connected:
@@ -56,11 +98,28 @@ class OutboxRelay(LoopService):
         return True
 
     async def tick(self) -> bool:
+        self._ticking = True
+        try:
+            return await self._publish_due()
+        finally:
+            self._ticking = False
+
+    async def _publish_due(self) -> bool:
         if not await self._ensure_connected():
             return False
-        entries = await self.store.claim_outbox(
-            self.settings.batch_size, self.settings.claim_seconds
-        )
+        batch_size = self.settings.batch_size
+        entries, self._handed = self._handed[:batch_size], self._handed[batch_size:]
+        now = time.monotonic()
+        if len(entries) < batch_size and (not entries or now >= self._next_poll):
+            # Handed rows keep coming under load: poll for the others on schedule.
+            self._next_poll = now + self.settings.poll_seconds
+            try:
+                entries += await self.store.claim_outbox(
+                    batch_size - len(entries), self.settings.claim_seconds
+                )
+            except BaseException:
+                self._handed[:0] = entries
+                raise
         if not entries:
             return False
         messages = [TaskMessage(task_id=e.task_id, name=e.name, queue=e.queue) for e in entries]
@@ -72,8 +131,30 @@ class OutboxRelay(LoopService):
             self.observer.outbox_publish_failed(len(entries))
             await self.store.release_outbox(ids)
             return False
-        await self.store.delete_outbox(ids)
+        self._confirmed += ids
+        if not self._handed or len(self._confirmed) >= batch_size:
+            # More was handed over meanwhile (load): the rows of several ticks go in one
+            # statement. Otherwise they go now.
+            await self._forget_confirmed()
         self.published += len(entries)
         self.observer.outbox_published(len(entries))
         log.debug("relay_published", count=len(entries))
-        return len(entries) >= self.settings.batch_size
+        return len(entries) >= batch_size or bool(self._handed)
+
+    async def _forget_confirmed(self) -> None:
+        """Delete the rows whose messages RabbitMQ confirmed. Were this lost, their claim
+        would run out and they would be published again: a duplicate, not a loss."""
+        ids, self._confirmed = self._confirmed, []
+        try:
+            await self.store.delete_outbox(ids)
+        except BaseException:
+            self._confirmed[:0] = ids
+            raise
+
+
+def handing_over(relay: OutboxRelay | None) -> float | None:
+    """``claim_outbox_seconds`` for an ``enqueue`` by the process of ``relay``: its claim
+    when the relay takes handed rows now, else None (the rows wait for a poll)."""
+    if relay is None or not relay.takes_handed_rows:
+        return None
+    return relay.settings.claim_seconds

@@ -64,7 +64,8 @@ class RelaySettings(BaseModel):
     batch_size: int = Field(200, ge=1)
     poll_seconds: float = Field(0.5, gt=0)
     claim_seconds: float = Field(30.0, gt=0)
-    """How long a relay owns the outbox rows it picked before another may take them."""
+    """How long a relay owns the outbox rows it picked, or was handed by its API, before
+    another may take them."""
     tasks_per_message: int = Field(10, ge=1, le=10_000)
     """Due tasks of one queue that may share one broker message. A worker's prefetch
     counts tasks (about max(prefetch_count, concurrency)), so this also bounds how many

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -24,9 +24,9 @@ from krolik.events import Observers
 from krolik.heap import tune_garbage_collector
 from krolik.log import get_logger
 from krolik.metrics import Metrics, StoreGauges
-from krolik.relay import OutboxRelay
+from krolik.relay import OutboxRelay, handing_over
 from krolik.settings import Settings
-from krolik.store.base import TaskStore
+from krolik.store.base import Enqueued, NewTask, TaskStore
 
 log = get_logger(__name__)
 
@@ -106,8 +106,13 @@ def create_app(
     app.state.relay = relay
     app.state.observer = observer
     app.state.metrics = the_metrics
-    # Group commit: concurrent submissions share one transaction.
-    app.state.committer = MicroBatcher(the_store.enqueue)
+    # Group commit: concurrent submissions share one transaction. When this process's
+    # relay is idle, their outbox rows are written claimed for it and handed over.
+
+    async def commit(new_tasks: Sequence[NewTask]) -> Sequence[Enqueued]:
+        return await the_store.enqueue(new_tasks, claim_outbox_seconds=handing_over(relay))
+
+    app.state.committer = MicroBatcher(commit)
     app.state.key_cache = KeyCache(settings.auth.cache_seconds)
     app.state.rate_limiter = rate_limiter
     app.state.admission = Admission(settings.api)

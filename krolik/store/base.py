@@ -64,6 +64,8 @@ class Enqueued:
     task: Task
     created: bool
     """False when an idempotency key matched an existing task."""
+    outbox: OutboxEntry | None = None
+    """The task's outbox row, already claimed for the caller to publish (see ``enqueue``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +157,17 @@ class TaskStore(ABC):
 
     # -- producers -----------------------------------------------------------------
     @abstractmethod
-    async def enqueue(self, new_tasks: Sequence[NewTask]) -> list[Enqueued]:
-        """Insert tasks and their outbox rows in one transaction."""
+    async def enqueue(
+        self, new_tasks: Sequence[NewTask], *, claim_outbox_seconds: float | None = None
+    ) -> list[Enqueued]:
+        """Insert tasks and their outbox rows in one transaction.
+
+        With ``claim_outbox_seconds``, the outbox rows of created tasks that are due at
+        once are written already claimed for that long and returned in
+        ``Enqueued.outbox``: the caller's relay publishes them straight after the commit,
+        without a claim round trip; if it never does, any relay takes them when the
+        claim runs out. Tasks due later are left to the relays' polling as always.
+        """
 
     @abstractmethod
     async def get(self, task_id: int) -> Task | None: ...

@@ -41,6 +41,20 @@ def record_to_task(record: Any) -> Task:
     return Task(*values)
 
 
+def _enqueued(record: Any) -> Enqueued:
+    """A row of ENQUEUE_SQL: the task's columns, then the id of an outbox row handed over."""
+    values = list(record)
+    outbox_id = values.pop()
+    values[STATUS_INDEX] = TaskStatus(values[STATUS_INDEX])
+    task = Task(*values)
+    entry = (
+        None
+        if outbox_id is None
+        else OutboxEntry(id=outbox_id, task_id=task.id, queue=task.queue, name=task.name)
+    )
+    return Enqueued(task, created=True, outbox=entry)
+
+
 # The hot path of submission: tasks and their outbox rows in ONE statement (one round
 # trip, one implicit transaction), the rows fed as arrays. Used for tasks without an
 # idempotency key; keyed ones take the general path of sql.py.
@@ -60,11 +74,19 @@ WITH new AS (
     ORDER BY ord
     RETURNING *
 ), dispatch AS (
-    INSERT INTO krolik_outbox (task_id, queue, name, available_at)
-    SELECT id, queue, name, run_at FROM new
+    INSERT INTO krolik_outbox (task_id, queue, name, available_at, claimed_until)
+    SELECT id, queue, name, run_at,
+           CASE WHEN $10::float8 IS NOT NULL AND run_at <= clock_timestamp()
+                THEN clock_timestamp() + make_interval(secs => $10) END
+    FROM new
+    RETURNING id, task_id, claimed_until IS NOT NULL AS handed
 )
-SELECT {columns} FROM new ORDER BY id
+SELECT {columns}, CASE WHEN dispatch.handed THEN dispatch.id END
+FROM new JOIN dispatch ON dispatch.task_id = new.id
+ORDER BY new.id
 """.format(columns=returning("new"))
+"""With $10 (seconds), the outbox rows of tasks due at once are written claimed for
+the caller, and the last column is their id (see ``TaskStore.enqueue``)."""
 
 
 # A worker's claims and completions, many runs per statement (the guards of sql.py's
@@ -152,9 +174,11 @@ class PostgresTaskStore(SqlTaskStore):
             0, 0, 0, 0, 0, 0, bindparam(None, seconds, type_=Float)
         )
 
-    async def enqueue(self, new_tasks: Sequence[NewTask]) -> list[Enqueued]:
+    async def enqueue(
+        self, new_tasks: Sequence[NewTask], *, claim_outbox_seconds: float | None = None
+    ) -> list[Enqueued]:
         if not new_tasks or any(new.idempotency_key is not None for new in new_tasks):
-            return await super().enqueue(new_tasks)
+            return await super().enqueue(new_tasks, claim_outbox_seconds=claim_outbox_seconds)
         columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
         for new in new_tasks:
             for column, value in zip(
@@ -174,13 +198,17 @@ class PostgresTaskStore(SqlTaskStore):
             ):
                 column.append(value)
         try:
-            records = await self._fetch(ENQUEUE_SQL, *columns)
+            records = await self._fetch(
+                ENQUEUE_SQL,
+                *columns,
+                None if claim_outbox_seconds is None else float(claim_outbox_seconds),
+            )
         except asyncpg.PostgresError:
             # Data PostgreSQL refuses: the general path raises the same error as every
             # other statement of the store does (nothing of the batch was written).
-            return await super().enqueue(new_tasks)
+            return await super().enqueue(new_tasks, claim_outbox_seconds=claim_outbox_seconds)
         # SQLAlchemy's asyncpg codecs already decoded the JSON columns.
-        return [Enqueued(record_to_task(record), created=True) for record in records]
+        return [_enqueued(record) for record in records]
 
     async def claim_many(
         self, claims: Sequence[Claim], worker_id: str, lease_seconds: float

@@ -12,7 +12,7 @@ which SQLAlchemy leaves out where the database has none.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -178,26 +178,73 @@ class SqlTaskStore(TaskStore):
         async with self._tx() as conn:
             await conn.execute(select(literal(1)).select_from(tasks).limit(0))
 
-    async def _dispatch(self, conn: AsyncConnection, rows: Iterable[Mapping[Any, Any]]) -> None:
-        """Write the outbox rows that will publish these tasks when they are due."""
+    async def _dispatch(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[Mapping[Any, Any]],
+        claimed_until: Sequence[datetime | None] | None = None,
+    ) -> list[OutboxEntry | None]:
+        """Write the outbox rows that will publish these tasks when they are due.
+
+        A row given a ``claimed_until`` is written claimed and returned: its caller
+        publishes it."""
+        until = list(claimed_until) if claimed_until is not None else [None] * len(rows)
         values = [
             {
                 "task_id": row["id"],
                 "queue": row["queue"],
                 "name": row["name"],
                 "available_at": row["run_at"],
+                "claimed_until": claim,
             }
-            for row in rows
+            for row, claim in zip(rows, until, strict=True)
         ]
-        if values:
+        if not values:
+            return []
+        if all(claim is None for claim in until):
             await conn.execute(insert(outbox), values)
+            return [None] * len(values)
+        written = await conn.execute(
+            insert(outbox).returning(
+                outbox.c.id,
+                outbox.c.task_id,
+                outbox.c.queue,
+                outbox.c.name,
+                sort_by_parameter_order=True,
+            ),
+            values,
+        )
+        return [
+            OutboxEntry(id=r.id, task_id=r.task_id, queue=r.queue, name=r.name)
+            if claim is not None
+            else None
+            for r, claim in zip(written.all(), until, strict=True)
+        ]
+
+    @staticmethod
+    def _claimed_until(
+        new_tasks: Sequence[NewTask], claim_seconds: float | None
+    ) -> list[datetime | None]:
+        """Until when each new task's outbox row is held for the caller, if at all.
+
+        Only tasks due at once (no ``run_at``, no delay): handing over one that is not
+        due yet would publish it early."""
+        if claim_seconds is None:
+            return [None] * len(new_tasks)
+        until = datetime.now(UTC) + timedelta(seconds=claim_seconds)
+        return [
+            until if new.run_at is None and not new.delay_seconds else None for new in new_tasks
+        ]
 
     # -- producers -----------------------------------------------------------------
-    async def enqueue(self, new_tasks: Sequence[NewTask]) -> list[Enqueued]:
+    async def enqueue(
+        self, new_tasks: Sequence[NewTask], *, claim_outbox_seconds: float | None = None
+    ) -> list[Enqueued]:
         """Tasks without an idempotency key go in as one multi-row INSERT; keyed ones
         one by one, each first looking for its key."""
         results: dict[int, Enqueued] = {}
         plain = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is None]
+        claims = self._claimed_until(new_tasks, claim_outbox_seconds)
         async with self._tx() as conn:
             if plain:
                 rows = (
@@ -212,12 +259,12 @@ class SqlTaskStore(TaskStore):
                     .mappings()
                     .all()
                 )
-                await self._dispatch(conn, rows)
-                for (index, _), row in zip(plain, rows, strict=True):
-                    results[index] = Enqueued(row_to_task(row), created=True)
+                entries = await self._dispatch(conn, rows, [claims[i] for i, _ in plain])
+                for (index, _), row, entry in zip(plain, rows, entries, strict=True):
+                    results[index] = Enqueued(row_to_task(row), created=True, outbox=entry)
             for index, new in enumerate(new_tasks):
                 if new.idempotency_key is not None:
-                    results[index] = await self._enqueue_keyed(conn, new)
+                    results[index] = await self._enqueue_keyed(conn, new, claims[index])
         return [results[index] for index in range(len(new_tasks))]
 
     def _new_task_values(self) -> dict[str, Any]:
@@ -254,7 +301,9 @@ class SqlTaskStore(TaskStore):
             return {"p_run_at": new.run_at.astimezone(UTC)}
         return {"p_run_at": datetime.now(UTC) + timedelta(seconds=new.delay_seconds or 0)}
 
-    async def _enqueue_keyed(self, conn: AsyncConnection, new: NewTask) -> Enqueued:
+    async def _enqueue_keyed(
+        self, conn: AsyncConnection, new: NewTask, claimed_until: datetime | None
+    ) -> Enqueued:
         key = new.idempotency_key or ""
         existing = await self._by_idempotency_key(conn, key)
         if existing is not None:
@@ -268,8 +317,8 @@ class SqlTaskStore(TaskStore):
             if existing is None:  # pragma: no cover - the winner's row is committed
                 raise InvalidTransition("idempotency key conflict could not be resolved")
             return Enqueued(existing, created=False)
-        await self._dispatch(conn, [row])
-        return Enqueued(row_to_task(row), created=True)
+        [entry] = await self._dispatch(conn, [row], [claimed_until])
+        return Enqueued(row_to_task(row), created=True, outbox=entry)
 
     def _insert_task(self) -> Any:
         return insert(tasks)

@@ -578,6 +578,55 @@ async def test_release_and_delete_outbox(any_store: TaskStore) -> None:
     await any_store.delete_outbox([])
 
 
+async def test_enqueue_can_claim_the_outbox_rows_of_due_tasks_for_its_caller(
+    any_store: TaskStore,
+) -> None:
+    """The API's relay publishes the rows its requests wrote without claiming them: they
+    come back from ``enqueue`` already claimed, and no other relay takes them meanwhile."""
+    new = [
+        NewTask(name="echo", queue="default", payload=1),
+        NewTask(name="echo", queue="other", payload=2, idempotency_key="handed-1"),
+        NewTask(name="echo", queue="default", payload=3, delay_seconds=0.3),
+        NewTask(name="echo", queue="default", payload=4),
+    ]
+    now, keyed, later, also_now = await any_store.enqueue(new, claim_outbox_seconds=0.4)
+    handed = [item.outbox for item in (now, keyed, also_now)]
+    assert [(e.task_id, e.queue, e.name) for e in handed if e is not None] == [
+        (item.task.id, item.task.queue, item.task.name) for item in (now, keyed, also_now)
+    ]
+    assert later.outbox is None, "a task due later was handed over: it would run early"
+    assert await any_store.claim_outbox(100, CLAIM) == [], "another relay took a handed row"
+
+    # The caller never published them: when the claim runs out, any relay does.
+    taken: list[OutboxEntry] = []
+    everyone = sorted(item.task.id for item in (now, keyed, also_now, later))
+
+    async def all_taken() -> bool:
+        taken.extend(await any_store.claim_outbox(100, CLAIM))
+        return sorted(e.task_id for e in taken) == everyone
+
+    await eventually(all_taken)
+    assert {e.id for e in taken} >= {e.id for e in handed if e is not None}
+
+
+async def test_enqueue_without_a_claim_leaves_every_row_to_the_relays(
+    any_store: TaskStore,
+) -> None:
+    enqueued = await any_store.enqueue(
+        [NewTask(name="echo", queue="default", payload=i) for i in range(3)]
+    )
+    assert [item.outbox for item in enqueued] == [None] * 3
+    assert await due_outbox(any_store) == sorted(item.task.id for item in enqueued)
+
+
+async def test_a_repeated_idempotency_key_hands_nothing_over(any_store: TaskStore) -> None:
+    first = NewTask(name="echo", queue="default", payload=1, idempotency_key="once")
+    [created] = await any_store.enqueue([first], claim_outbox_seconds=CLAIM)
+    [again] = await any_store.enqueue([first], claim_outbox_seconds=CLAIM)
+    assert created.outbox is not None
+    assert (again.created, again.outbox) == (False, None)
+
+
 async def test_concurrent_outbox_claims_never_share_a_row(any_store: TaskStore) -> None:
     await any_store.enqueue([NewTask(name="echo", queue="default", payload=i) for i in range(60)])
     batches: Sequence[list[OutboxEntry]] = await asyncio.gather(

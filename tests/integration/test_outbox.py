@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from krolik.broker.base import TaskMessage
 from krolik.registry import Registry
+from krolik.relay import handing_over
 from krolik.states import TaskStatus
 from krolik.store.base import NewTask, TaskFilter
 from krolik.store.tables import outbox, tasks
@@ -93,6 +94,103 @@ async def test_relay_keeps_the_row_when_publishing_fails_and_publishes_it_later(
     # The relay counts a message after deleting its outbox row: the worker may be faster.
     await wait_until(lambda: relay.published == 1, what="the relay counted the task")
     assert await outbox_count(store, enqueued.task.id) == 0
+
+
+async def _handed(store, count: int, claim: float = 60.0):
+    """Tasks enqueued as the API does: their outbox rows come back claimed for the caller."""
+    enqueued = await store.enqueue(
+        [NewTask(name="echo", queue="default", payload=i) for i in range(count)],
+        claim_outbox_seconds=claim,
+    )
+    assert all(item.outbox is not None for item in enqueued)
+    return enqueued
+
+
+async def test_rows_are_handed_only_to_an_idle_connected_relay(
+    store, make_relay, proxied_broker, rabbit_proxy
+):
+    relay = make_relay(start=False)
+    assert handing_over(relay) is None, "a relay that is not running would never publish"
+    relay.start()
+    await relay.wait_tick()  # connected, nothing to do
+    assert handing_over(relay) == relay.settings.claim_seconds
+
+    [item] = await _handed(store, 1)
+    relay.hand_over([item.outbox])
+    assert handing_over(relay) is None, "busy: the next rows wait for its claim instead"
+    await relay.wait_tick()
+    assert handing_over(relay) == relay.settings.claim_seconds
+
+    await rabbit_proxy.cut()
+    away = make_relay(proxied_broker())
+    await away.wait_tick()  # it tried to connect, and could not
+    assert handing_over(away) is None, "rows for a relay without a broker would wait 30 s"
+
+
+async def test_relay_publishes_the_rows_it_was_handed_without_claiming_them(
+    store, settings, make_relay, amqp
+):
+    enqueued = await _handed(store, 3)
+    assert await store.claim_outbox(100, 60) == [], "handed rows are claimed already"
+    relay = make_relay(start=False)
+    relay.hand_over(item.outbox for item in enqueued)
+
+    assert await relay.tick() is False
+    assert relay.published == 3
+    assert await outbox_count(store) == 0
+    queue = await amqp.get_queue(topology_of(settings).queue("default").name)
+    message = await queue.get(no_ack=True, fail=False)
+    assert message is not None
+    assert [m.task_id for m in TaskMessage.decode_many(message.body)] == [
+        item.task.id for item in enqueued
+    ]
+
+
+async def test_under_load_the_relay_deletes_the_rows_of_several_ticks_at_once(
+    store, make_settings, make_relay
+):
+    relay = make_relay(relay_settings=make_settings(relay={"batch_size": 4}), start=False)
+    arriving = [[item.outbox for item in await _handed(store, 2)] for _ in range(3)]
+    publish = relay.broker.publish
+
+    async def publish_as_more_arrive(messages, per_message=1):
+        if arriving:  # requests keep coming while the relay waits for the confirms
+            relay.hand_over(arriving.pop(0))
+        await publish(messages, per_message)
+
+    relay.broker.publish = publish_as_more_arrive
+    relay.hand_over(arriving.pop(0))
+    assert await relay.tick() is True  # 2 published, 2 handed meanwhile: delete later
+    assert (relay.published, await outbox_count(store)) == (2, 6)
+    assert await relay.tick() is True  # 4 confirmed: a batch's worth, deleted together
+    assert (relay.published, await outbox_count(store)) == (4, 2)
+    assert await relay.tick() is False  # nothing more handed: deleted at once
+    assert (relay.published, await outbox_count(store)) == (6, 0)
+
+
+async def test_handed_rows_that_cannot_be_published_go_back_to_the_outbox(
+    store, make_relay, proxied_broker, rabbit_proxy
+):
+    broker = proxied_broker()
+    await broker.connect()
+    relay = make_relay(broker, start=False)
+    [item] = await _handed(store, 1)
+    await rabbit_proxy.cut()
+    relay.hand_over([item.outbox])
+
+    assert await asyncio.wait_for(relay.tick(), 5) is False
+    assert relay.published == 0
+    [entry] = await store.claim_outbox(100, 60)  # any relay may publish it at once
+    assert entry.task_id == item.task.id
+
+
+async def test_a_stopping_relay_gives_back_the_rows_it_was_handed(store, make_relay):
+    relay = make_relay(start=False)
+    [item] = await _handed(store, 1)
+    relay.hand_over([item.outbox])
+    await relay.stop()
+    [entry] = await store.claim_outbox(100, 60)
+    assert entry.task_id == item.task.id
 
 
 async def test_api_accepts_tasks_while_rabbitmq_is_down_and_they_run_once_it_is_back(

@@ -38,6 +38,7 @@ from krolik.batching import MicroBatcher
 from krolik.builtin_tasks import DEFAULT_TASK_NAME
 from krolik.errors import TaskNotFound
 from krolik.log import current_request_id
+from krolik.relay import OutboxRelay, handing_over
 from krolik.settings import Settings
 from krolik.states import TaskStatus
 from krolik.store.base import Enqueued, NewTask, TaskFilter
@@ -85,7 +86,7 @@ async def _create(body: TaskCreate, caller: SubmitAccess, request: Request) -> R
     if enqueued.created:
         observer.task_submitted(enqueued.task)
         if relay is not None:
-            relay.wake()
+            _publish_soon(relay, [enqueued])
     # Written directly: FastAPI would validate and dump the answer once more.
     return Response(
         TaskCreated.json_of(enqueued.task),
@@ -115,15 +116,28 @@ async def create_batch(
     admission: Admission = request.app.state.admission
     for queue in {item.queue or settings.default_queue for item in body.tasks}:
         await admission.admit(store, queue)
-    enqueued = await store.enqueue([_new_task(item, settings, caller) for item in body.tasks])
+    enqueued = await store.enqueue(
+        [_new_task(item, settings, caller) for item in body.tasks],
+        claim_outbox_seconds=handing_over(relay),
+    )
     for item in enqueued:
         if item.created:
             observer.task_submitted(item.task)
     if relay is not None:
-        relay.wake()
+        _publish_soon(relay, enqueued)
     return TaskBatchCreated(
         task_ids=[item.task.id for item in enqueued], created=[item.created for item in enqueued]
     )
+
+
+def _publish_soon(relay: OutboxRelay, enqueued: list[Enqueued]) -> None:
+    """Hand the outbox rows written claimed for this process's relay over to it, or
+    just wake it: a task due already without one (a past ``run_at``) is polled."""
+    entries = [item.outbox for item in enqueued if item.outbox is not None]
+    if entries:
+        relay.hand_over(entries)
+    else:
+        relay.wake()
 
 
 def _new_task(body: TaskCreate, settings: Settings, caller: Principal) -> NewTask:
