@@ -9,8 +9,11 @@ expires, through the rescuer, as in production.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -145,6 +148,22 @@ async def run_embedded(
                 print(banner(host, port, embedded.store.path), file=sys.stderr, flush=True)
 
         server.startup = startup  # type: ignore[method-assign]
-        await server.serve()
+        with _survive_reraised_signals():
+            await server.serve()
     finally:
         await embedded.stop()
+
+
+@contextlib.contextmanager
+def _survive_reraised_signals() -> Iterator[None]:
+    """uvicorn raises the SIGTERM or SIGINT that stopped it again once it is done, for
+    the handler it found: the default one would end the process before the worker
+    drained. Around ``serve`` that signal is let go; afterwards the defaults are back,
+    so a second signal while draining stops the process at once."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

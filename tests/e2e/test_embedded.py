@@ -93,3 +93,33 @@ async def test_tasks_survive_a_kill_9_of_krolik_dev(cluster: Cluster, tmp_path: 
 
 async def _is(value: Any, expected: str) -> bool:
     return bool(await value == expected)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_krolik_dev_stops_gracefully_on_a_signal(
+    cluster: Cluster, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The worker drains (a running task finishes within the grace), the process says
+    so and exits 0: uvicorn's re-raised signal must not kill it half-way."""
+    data = tmp_path / "tasks.sqlite3"
+    proc, url = await _start_dev(cluster, data, free_port())
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        running = (
+            await client.post("/tasks/", json={"name": "sleep", "payload": {"seconds": 1}})
+        ).json()["task_id"]
+
+        async def status() -> str:
+            return str((await client.get(f"/tasks/{running}")).json()["status"])
+
+        await wait_until(lambda: _is(status(), "processing"), 20, "the sleep runs")
+
+    proc.send(sig)
+    assert await proc.wait_exit(30) == 0, proc.tail()
+    log = proc.log()
+    assert "worker_draining" in log
+    assert "worker_stopped" in log
+
+    _, url = await _start_dev(cluster, data, free_port())
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        finished = (await client.get(f"/tasks/{running}")).json()
+    assert (finished["status"], finished["attempts"]) == ("done", 1), finished
