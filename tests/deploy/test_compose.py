@@ -50,10 +50,22 @@ NGINX_CONF_TARGET = "/etc/nginx/conf.d/default.conf"
 API_PORT = 8000
 PROMETHEUS_PORT = 9090
 GRAFANA_PORT = 3000
+ALERTMANAGER_PORT = 9093
+ALERTMANAGER_DIR = ROOT / "deploy" / "alertmanager"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
-REQUIRED_SERVICES = {"db", "rabbitmq", "migrate", "api", "worker", "nginx", "prometheus", "grafana"}
+REQUIRED_SERVICES = {
+    "db",
+    "rabbitmq",
+    "migrate",
+    "api",
+    "worker",
+    "nginx",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+}
 APP_SERVICES = {"migrate", "api", "worker"}  # the services that run the krolik image
 SCALABLE_SERVICES = ("api", "worker")
 
@@ -389,6 +401,7 @@ def test_required_services_exist() -> None:
         ("nginx", "nginx:1.27-alpine"),
         ("prometheus", "prom/prometheus:v2.55.1"),
         ("grafana", "grafana/grafana:11.3.1"),
+        ("alertmanager", "prom/alertmanager:v0.27.0"),
     ],
 )
 def test_third_party_images_are_pinned(name: str, image: str) -> None:
@@ -410,7 +423,7 @@ def test_nginx_is_the_only_published_entry_point_for_the_api() -> None:
     assert "${API_PORT:-8000}:80" in service("nginx")["ports"]
 
 
-@pytest.mark.parametrize("name", ["db", "rabbitmq", "prometheus", "grafana"])
+@pytest.mark.parametrize("name", ["db", "rabbitmq", "prometheus", "alertmanager", "grafana"])
 def test_infrastructure_ports_bind_to_loopback(name: str) -> None:
     for port in resolved(service(name).get("ports", []), {}):
         assert str(port).startswith("127.0.0.1:"), f"{name}: {port} exposes default credentials"
@@ -812,6 +825,32 @@ def read_only(name: str, target: str) -> bool:
         elif vol["target"] == target:
             return bool(vol.get("read_only"))
     pytest.fail(f"{name}: nothing is mounted at {target}")
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager_service() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = [
+        target
+        for manager in config["alerting"]["alertmanagers"]
+        for static in manager["static_configs"]
+        for target in static["targets"]
+    ]
+    assert targets == [f"alertmanager:{ALERTMANAGER_PORT}"]
+    assert resolved(service("alertmanager")["ports"], {}) == [
+        f"127.0.0.1:{ALERTMANAGER_PORT}:{ALERTMANAGER_PORT}"
+    ]
+
+
+def test_alertmanager_mounts_its_config_and_keeps_state_in_a_volume() -> None:
+    assert host_path("alertmanager", "/etc/alertmanager") == ALERTMANAGER_DIR.resolve()
+    assert read_only("alertmanager", "/etc/alertmanager")
+    argv = [str(arg) for arg in service("alertmanager")["command"]]
+    config = option_value(argv, "--config.file")
+    assert config is not None
+    assert (ALERTMANAGER_DIR / Path(config).name).is_file()
+    assert option_value(argv, "--storage.path") == "/alertmanager"
+    assert "alertmanager-data:/alertmanager" in service("alertmanager")["volumes"]
+    assert "/-/ready" in healthcheck_text(service("alertmanager"))
 
 
 def test_prometheus_keeps_data_in_the_declared_volume() -> None:
