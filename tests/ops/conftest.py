@@ -47,16 +47,25 @@ def make_settings(
     return factory
 
 
-@pytest.fixture
-def promtool() -> str:
-    """promtool is a tool, not a service: without it, its tests are skipped (even in CI)."""
-    path = shutil.which("promtool")
+def tool_or_skip(name: str, package: str) -> str:
+    """A checking tool, not a service: without it, its tests are skipped (even in CI)."""
+    path = shutil.which(name)
     if path is None:
         pytest.skip(
-            "promtool is not on PATH (install Prometheus' promtool, e.g. the Debian package "
-            "`prometheus`, to check the rules and the configuration)"
+            f"{name} is not on PATH (install it, e.g. the Debian package `{package}`, "
+            "to check the monitoring configuration)"
         )
     return path
+
+
+@pytest.fixture
+def promtool() -> str:
+    return tool_or_skip("promtool", "prometheus")
+
+
+@pytest.fixture
+def amtool() -> str:
+    return tool_or_skip("amtool", "prometheus-alertmanager")
 
 
 def parse_samples(text: str) -> Samples:

@@ -4,7 +4,6 @@ of the same name and queue fires."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from typing import Any
 
@@ -14,18 +13,6 @@ import yaml
 from tests.ops.conftest import PROMETHEUS_DIR
 
 CONFIG = PROMETHEUS_DIR.parent / "alertmanager" / "alertmanager.yml"
-
-
-@pytest.fixture(scope="module")
-def amtool() -> str:
-    """amtool is a tool, not a service: without it, its tests are skipped (even in CI)."""
-    path = shutil.which("amtool")
-    if path is None:
-        pytest.skip(
-            "amtool is not on PATH (install Alertmanager's amtool, e.g. the Debian package "
-            "`prometheus-alertmanager`, to check the configuration)"
-        )
-    return path
 
 
 def run_amtool(amtool: str, *args: str) -> str:
