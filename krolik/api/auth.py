@@ -94,21 +94,39 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
-        limiter: RateLimiter = request.app.state.rate_limiter
-        try:
-            principal = await _identify(
-                request, store_of(request), settings_of(request), credentials, scope
-            )
-        except AuthError as exc:
-            if exc.status_code == 401 and limiter.enabled:
-                # No key to count against: a client guessing keys is limited by address.
-                await limiter.hit(f"addr:{_client_of(request)}")
-            raise
-        if limiter.enabled:
-            await limiter.hit(principal.rate_key)
-        return principal
+        return await _authorize(request, credentials, scope)
 
     return check
+
+
+async def authorize(request: Request, scope: Scope) -> Principal:
+    """What ``require(scope)`` checks, for a route that reads its request by hand.
+
+    The route must still declare ``security=BEARER_SECURITY`` in its OpenAPI operation.
+    """
+    return await _authorize(request, await bearer(request), scope)
+
+
+BEARER_SECURITY: list[dict[str, list[str]]] = [{bearer.scheme_name: []}]
+"""The OpenAPI security requirement the ``bearer`` scheme adds to the routes using it."""
+
+
+async def _authorize(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, scope: Scope
+) -> Principal:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    try:
+        principal = await _identify(
+            request, store_of(request), settings_of(request), credentials, scope
+        )
+    except AuthError as exc:
+        if exc.status_code == 401 and limiter.enabled:
+            # No key to count against: a client guessing keys is limited by address.
+            await limiter.hit(f"addr:{_client_of(request)}")
+        raise
+    if limiter.enabled:
+        await limiter.hit(principal.rate_key)
+    return principal
 
 
 def _client_of(request: Request) -> str:

@@ -255,3 +255,65 @@ async def test_wrong_methods_are_405_not_500(api: httpx.AsyncClient, path: str):
 
 async def test_unknown_path_is_404_json(api: httpx.AsyncClient):
     _assert_rejected(await api.get("/nothing/here"), 404)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "json"],
+)
+async def test_a_body_not_sent_as_json_is_422_saying_so(
+    api: httpx.AsyncClient, store: TaskStore, content_type: str | None
+):
+    """``curl -d`` without ``-H`` sends a form type: the answer tells what to send."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await api.post("/tasks/", content=b'{"payload": 1}', headers=headers)
+    detail = _assert_rejected(response, 422)
+    assert detail == [
+        {
+            "type": "content_type",
+            "loc": ["body"],
+            "msg": "the body must be JSON, sent with Content-Type: application/json",
+        }
+    ]
+    assert await _task_count(store) == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON; charset=utf-8", "application/vnd.krolik+json"],
+)
+async def test_json_media_types_with_parameters_are_read(
+    api: httpx.AsyncClient, store: TaskStore, content_type: str
+):
+    response = await api.post(
+        "/tasks/", content=b'{"payload": [1, "two"]}', headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["payload"] == [1, "two"]
+    assert await _task_count(store) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "error_type", "loc"),
+    [
+        pytest.param(b'{"payload": 1', "json_invalid", ["body"], id="truncated"),
+        pytest.param(b'{"payload": "\\ud800"}', "json_invalid", ["body"], id="lone-surrogate"),
+        pytest.param(b"[1]", "model_type", ["body"], id="not-an-object"),
+        pytest.param(b"{}", "missing", ["body", "payload"], id="no-payload"),
+        pytest.param(b'{"payload": 1, "colour": 2}', "extra_forbidden", ["body", "colour"]),
+        pytest.param(
+            b'{"payload": 1, "max_attempts": 0}',
+            "greater_than_equal",
+            ["body", "max_attempts"],
+            id="zero-attempts",
+        ),
+    ],
+)
+async def test_invalid_bodies_say_what_and_where(
+    api: httpx.AsyncClient, store: TaskStore, raw: bytes, error_type: str, loc: list[str]
+):
+    response = await api.post("/tasks/", content=raw, headers={"Content-Type": "application/json"})
+    detail = _assert_rejected(response, 422)
+    assert [(error["type"], error["loc"]) for error in detail] == [(error_type, loc)]
+    assert all(error["msg"] and "input" not in error for error in detail)
+    assert await _task_count(store) == 0
