@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from krolik.api.admission import Admission
 from krolik.api.auth import KeyCache
+from krolik.api.direct import DirectRoutes
 from krolik.api.edge import HttpEdge
 from krolik.api.errors import install_error_handlers
 from krolik.api.rate_limit import RateLimiter
@@ -124,5 +125,10 @@ def create_app(
     for router in (tasks.router, queues.router, health.router, metrics_route.router):
         app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(HttpEdge, metrics=the_metrics, max_body_bytes=settings.api.max_payload_bytes)
+    app.add_middleware(
+        HttpEdge,
+        metrics=the_metrics,
+        max_body_bytes=settings.api.max_payload_bytes,
+        direct=DirectRoutes(app, tasks.router, tasks.DIRECT_ENDPOINTS),
+    )
     return app

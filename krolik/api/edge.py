@@ -2,8 +2,9 @@
 
 It gives the request its id (echoed in ``X-Request-ID``, bound to the log context),
 caps the body (413, declared or streamed) and records the request in the metrics by
-route template and status. One layer rather than three: each ASGI middleware wraps
-``send`` and ``receive`` and costs coroutine calls per message of every request.
+route template and status; it also serves the direct routes (``krolik/api/direct.py``).
+One layer rather than three: each ASGI middleware wraps ``send`` and ``receive`` and
+costs coroutine calls per message of every request.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from krolik.api.direct import DirectRoutes
 from krolik.api.limits import BodyTooLarge, declared_length, reject_too_large
 from krolik.api.request_id import HEADER, request_id_of
 from krolik.log import current_request_id
@@ -19,10 +21,18 @@ from krolik.metrics import Metrics
 
 
 class HttpEdge:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        direct: DirectRoutes | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.direct = direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,8 +67,12 @@ class HttpEdge:
             if declared_length(scope) > max_bytes:
                 await reject_too_large(edge_send, max_bytes)
             else:
+                route = self.direct.match(scope) if self.direct is not None else None
                 try:
-                    await self.app(scope, limited_receive, edge_send)
+                    if route is not None and self.direct is not None:
+                        await self.direct.serve(route, scope, limited_receive, edge_send)
+                    else:
+                        await self.app(scope, limited_receive, edge_send)
                 except BodyTooLarge:
                     if not responding:
                         await reject_too_large(edge_send, max_bytes)

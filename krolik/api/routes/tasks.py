@@ -86,8 +86,8 @@ def decode_cursor(cursor: str) -> int:
 
 
 async def _create(request: Request) -> Response:
-    # The hot path: the key and the body are read by hand, not as FastAPI dependencies
-    # (krolik/api/json_body.py); CREATE_OPERATION documents both.
+    # The hot path, a direct route (krolik/api/direct.py): the key and the body are read
+    # by hand, not as FastAPI dependencies; CREATE_OPERATION documents both.
     caller = await authorize(request, Scope.SUBMIT)
     body = await read_json_body(request, TaskCreate)
     store, settings = store_of(request), settings_of(request)
@@ -202,6 +202,10 @@ router.add_api_route(
     response_model=TaskCreated,
     include_in_schema=False,
 )
+
+
+DIRECT_ENDPOINTS = (_create,)
+"""Served by the edge before FastAPI routes the request."""
 
 
 @router.get(
