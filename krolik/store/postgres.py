@@ -17,7 +17,8 @@ from sqlalchemy.types import Float
 from krolik.settings import DatabaseSettings
 from krolik.states import TaskStatus
 from krolik.store.base import Claim, Enqueued, NewTask, OutboxEntry, RunRef, Task
-from krolik.store.sql import SqlTaskStore, is_unavailable, raise_if_unavailable
+from krolik.store.sql import SqlTaskStore, raise_if_unavailable
+from krolik.store.statement_pool import StatementPool, set_json_codecs
 from krolik.store.tables import Timestamp, tasks
 
 
@@ -139,6 +140,10 @@ RETURNING id, task_id, queue, name
 DELETE_OUTBOX_SQL = "DELETE FROM krolik_outbox WHERE id = ANY($1::bigint[])"
 
 
+APPLICATION_NAME = "krolik"
+COMMAND_TIMEOUT_SECONDS = 30
+
+
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     return create_async_engine(
         settings.dsn,
@@ -151,18 +156,46 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         json_deserializer=orjson.loads,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
-            "command_timeout": 30,
-            "server_settings": {"application_name": "krolik"},
+            "command_timeout": COMMAND_TIMEOUT_SECONDS,
+            "server_settings": {"application_name": APPLICATION_NAME},
         },
     )
 
 
 class PostgresTaskStore(SqlTaskStore):
-    """Uses the database clock, so leases mean the same on every machine."""
+    """Uses the database clock, so leases mean the same on every machine.
+
+    The hot statements go straight to asyncpg, on connections of a pool of their own
+    (``statement_pool.py``) to the same database; everything else through SQLAlchemy.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, pool_size: int = 10, timeout: float = 5.0) -> None:
+        super().__init__(engine)
+        _, connect_args = engine.dialect.create_connect_args(engine.url)
+
+        async def connect() -> asyncpg.Connection:
+            connection = await asyncpg.connect(
+                **connect_args,
+                timeout=timeout,
+                command_timeout=COMMAND_TIMEOUT_SECONDS,
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+            await set_json_codecs(connection)
+            return connection
+
+        self.statements = StatementPool(connect, max_size=pool_size, wait_timeout=timeout)
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PostgresTaskStore:
-        return cls(create_engine(settings))
+        return cls(
+            create_engine(settings),
+            pool_size=settings.pool_size,
+            timeout=settings.connect_timeout_seconds,
+        )
+
+    async def close(self) -> None:
+        await self.statements.close()
+        await super().close()
 
     def _now(self) -> ColumnElement[datetime]:
         # clock_timestamp, not now(): a finish time is the moment of finishing,
@@ -207,7 +240,7 @@ class PostgresTaskStore(SqlTaskStore):
             # Data PostgreSQL refuses: the general path raises the same error as every
             # other statement of the store does (nothing of the batch was written).
             return await super().enqueue(new_tasks, claim_outbox_seconds=claim_outbox_seconds)
-        # SQLAlchemy's asyncpg codecs already decoded the JSON columns.
+        # The statement pool's codecs already decoded the JSON columns.
         return [_enqueued(record) for record in records]
 
     async def claim_many(
@@ -253,17 +286,10 @@ class PostgresTaskStore(SqlTaskStore):
             await self._fetch(DELETE_OUTBOX_SQL, list(entry_ids))
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        """One statement on the driver directly: one round trip, its own transaction."""
+        """One statement on a connection of the statement pool: one round trip, its own
+        transaction."""
         try:
-            async with self.engine.connect() as conn:
-                raw = (await conn.get_raw_connection()).driver_connection
-                assert raw is not None
-                try:
-                    return list(await raw.fetch(sql, *args))
-                except Exception as exc:
-                    if is_unavailable(exc):  # SQLAlchemy did not see it: drop the connection
-                        await conn.invalidate()
-                    raise
+            return await self.statements.fetch(sql, *args)
         except Exception as exc:
             raise_if_unavailable(exc)
             raise
