@@ -73,32 +73,35 @@ class StatementPool:
                 await connection.close(timeout=2)
 
     async def _acquire(self) -> asyncpg.Connection:
-        async with asyncio.timeout(self.wait_timeout):
-            while True:
-                if self._idle:
-                    connection = self._idle.pop()
-                    self._in_use.add(connection)
-                    return connection
-                if self._size < self.max_size:
-                    connection = await self._open()
-                    self._in_use.add(connection)
-                    return connection
-                waiter: asyncio.Future[asyncpg.Connection | None]
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
-                try:
-                    handed = await waiter
-                except BaseException:
-                    if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                        self._release(waiter.result())  # handed over just as we gave up
-                    else:
-                        with contextlib.suppress(ValueError):
-                            self._waiters.remove(waiter)
-                    raise
-                if handed is not None:
-                    self._in_use.add(handed)
-                    return handed
-                # None: a connection was closed, so there is room to open one: go round.
+        if self._idle:  # the common case, without arming a timer
+            connection = self._idle.pop()
+        else:
+            async with asyncio.timeout(self.wait_timeout):
+                connection = await self._open_or_wait()
+        self._in_use.add(connection)
+        return connection
+
+    async def _open_or_wait(self) -> asyncpg.Connection:
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if self._size < self.max_size:
+                return await self._open()
+            waiter: asyncio.Future[asyncpg.Connection | None]
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._release(waiter.result())  # handed over just as we gave up
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
+            if handed is not None:
+                return handed
+            # None: a connection was closed, so there is room to open one: go round.
 
     async def _open(self) -> asyncpg.Connection:
         self._size += 1
