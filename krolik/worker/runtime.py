@@ -2,7 +2,8 @@
 
 Order of events for one delivery: parse -> wait for a free slot -> claim in the
 store (guarded: pending -> processing) -> ack the message -> run the handler while
-the heartbeat extends the lease -> record the outcome (guarded by attempt and
+the heartbeat extends the lease -> give the slot back (while fewer than
+``concurrency`` runs are recording) -> record the outcome (guarded by attempt and
 worker). Acking right after the claim means a task may run far longer than
 RabbitMQ's consumer timeout; the lease, not the unacked message, protects it.
 """
@@ -94,6 +95,8 @@ class Worker:
         self._slots = Slots(self.concurrency)
         self._accepting = False
         self._claiming = 0
+        self._recording = 0
+        """Runs whose handler returned and whose outcome is being written, slot given back."""
         self._grace_over = False
         self._changed = asyncio.Event()
         self._subscription: Subscription | None = None
@@ -350,17 +353,28 @@ class Worker:
     async def _run(self, run: Run) -> None:
         task = run.task
         started = time.monotonic()
+        slot_held = True
         try:
             self.observer.task_started(task)
             self._log.debug("task_started", **self._log_fields(run))
             outcome = await execute(run)
+            if self._recording < self.concurrency:
+                # The handler is done: its slot takes the next task while the outcome is
+                # written (the write waits for a shared statement). At most ``concurrency``
+                # runs are being recorded so, or a slow store would let claims run ahead.
+                self._recording += 1
+                self._slots.give()
+                slot_held = False
             recorded = await self._record(run, outcome)
             self.observer.task_finished(task, recorded, time.monotonic() - started)
         except Exception:
             self._log.exception("task_run_crashed", **self._log_fields(run))
         finally:
             self.runs.pop(task.id, None)
-            self._slots.give()
+            if slot_held:
+                self._slots.give()
+            else:
+                self._recording -= 1
             self._notify()
 
     async def _record(self, run: Run, outcome: Outcome) -> str:

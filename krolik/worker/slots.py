@@ -1,4 +1,5 @@
-"""The worker's run slots: at most ``concurrency`` tasks claimed or running at once.
+"""The worker's run slots: at most ``concurrency`` tasks claimed or running at once
+(a run whose handler returned may give its slot back before its outcome is written).
 
 Unlike a semaphore, a packed message takes as many slots as are free at once (at
 least one), so its tasks are claimed together in one statement. Waiters are served

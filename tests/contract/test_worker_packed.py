@@ -293,7 +293,7 @@ async def test_a_packed_message_is_claimed_in_the_free_slots_only(
         await wait_until(started_count(gate, started), what=f"{started} tasks started")
         assert gate.running <= 2
         processing = (await statuses(deployment.store, tasks)).count(TaskStatus.PROCESSING)
-        assert processing <= 2
+        assert processing <= 4  # two running, two finished whose outcome is being written
     gate.release(2)
     for task in tasks:
         finished = await wait_for_task(deployment.store, task.id, TaskStatus.DONE)
@@ -306,6 +306,47 @@ async def test_a_packed_message_is_claimed_in_the_free_slots_only(
     assert (worker.stats.claimed, worker.stats.succeeded, worker.stats.skipped) == (5, 5, 0)
     assert await deployment.ready() == 0
     assert await deployment.broker.dead_lettered() == []
+
+
+async def test_a_run_writing_its_outcome_gives_its_slot_to_the_next_task(
+    deployment: Deployment, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes held back: with two slots, the first two finished runs wait for their
+    write without a slot, so two more run; those keep their slots while they wait (at
+    most ``concurrency`` runs wait so), and the fifth task waits. All five finish, each
+    run once, when the writes go through."""
+    writes = asyncio.Event()
+    complete_many = deployment.store.complete_many
+
+    async def held_back(completions: Sequence[Any]) -> list[bool]:
+        await writes.wait()
+        return await complete_many(completions)
+
+    monkeypatch.setattr(deployment.store, "complete_many", held_back)
+    gate = Gate()
+    gate.release(5)  # the handlers return at once
+    tasks = await deployment.enqueue(GATED, [1, 2, 3, 4, 5])
+    worker = await start_worker(gate.registry(), concurrency=2)
+    await deployment.broker.publish(
+        [TaskMessage(task.id, GATED, deployment.queue) for task in tasks], per_message=5
+    )
+
+    await wait_until(started_count(gate, 4), what="four tasks started")
+    await wait_until(
+        lambda: worker._recording == 2 and worker._slots.free == 0 and len(worker.runs) == 4,
+        what="two runs wait without a slot, two with theirs",
+    )
+    assert len(gate.started) == 4  # no slot is free: nothing more can start
+    assert (await statuses(deployment.store, tasks)).count(TaskStatus.PENDING) == 1
+
+    writes.set()
+    for task in tasks:
+        finished = await wait_for_task(deployment.store, task.id, TaskStatus.DONE)
+        assert finished.attempts == 1
+    await wait_until(lambda: worker.handled == 1, what="the message is handled")
+    assert sorted(gate.started) == [1, 2, 3, 4, 5]
+    assert worker._recording == 0
+    assert worker._slots.free == 2
 
 
 async def test_a_packed_message_not_fully_claimed_goes_back_when_the_worker_stops(
