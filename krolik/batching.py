@@ -4,6 +4,11 @@ The items that arrive while a batch is in flight go together in the next one, so
 under load a hundred concurrent claims or completions cost a few statements
 instead of a hundred; a lone caller is served at once, never waiting for company.
 Each caller gets its own result back, after the batch holding it was committed.
+
+By default one batch is in flight at a time (classic group commit): the batch grows
+with the load, by as much as arrives during one round trip. Allowing four in flight
+cut batches into small ones and cost the drain 11-21% and the submit path half again
+as many commits, for no gain in latency (a lone caller never waits either way).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class MicroBatcher(Generic[T, R]):
         operation: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
         *,
         max_batch: int = 500,
-        max_in_flight: int = 4,
+        max_in_flight: int = 1,
     ) -> None:
         self.operation = operation
         self.max_batch = max_batch

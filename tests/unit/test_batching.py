@@ -101,6 +101,20 @@ async def test_submit_many_items_share_the_next_batch_with_other_callers() -> No
     assert operation.batches == [[1], [2, 3, 4, 5]]
 
 
+async def test_by_default_one_batch_is_in_flight_and_the_next_gathers_the_rest() -> None:
+    operation = Recorder()
+    operation.gate = asyncio.Event()
+    batcher: MicroBatcher[int, str] = MicroBatcher(operation)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.wait_for(operation.entered.wait(), 1)
+    rest = [asyncio.create_task(batcher.submit(n)) for n in range(1, 20)]
+    await asyncio.sleep(0)
+    assert operation.batches == [[0]]  # the others wait for the one in flight
+    operation.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *rest), 1) == [f"r{n}" for n in range(20)]
+    assert operation.batches == [[0], list(range(1, 20))]
+
+
 async def test_submit_many_is_cut_at_the_largest_batch() -> None:
     operation = Recorder()
     batcher: MicroBatcher[int, str] = MicroBatcher(operation, max_batch=2, max_in_flight=1)
