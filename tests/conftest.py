@@ -168,10 +168,16 @@ async def make_broker(settings: Settings) -> AsyncIterator[Callable[[], RabbitMQ
         return broker
 
     yield factory
+    await close_and_delete(made, settings)
+
+
+async def close_and_delete(brokers: list[RabbitMQBroker], settings: Settings) -> None:
+    """Close test brokers, then delete every queue they declared and the exchanges."""
     names: set[str] = set()
-    for broker in made:
+    for broker in brokers:
         names |= broker.queue_names
-        await broker.close()
+        with contextlib.suppress(Exception):
+            await broker.close()
     connection = await aio_pika.connect(AMQP_URL, timeout=5)
     async with connection:
         channel = await connection.channel()
