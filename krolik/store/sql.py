@@ -67,10 +67,18 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    # asyncpg's own errors, where the driver is used directly.
+    # asyncpg's own errors, where the driver is used directly. A connection the server
+    # closed while it sat idle (a restart, pg_terminate_backend) fails its next statement
+    # with the shutdown error, or with InternalClientError when the driver had not yet
+    # taken the closing in.
     return isinstance(
         exc,
-        asyncpg.InterfaceError | asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError,
+        asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError
+        | asyncpg.InternalClientError,
     )
 
 

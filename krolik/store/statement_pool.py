@@ -57,9 +57,10 @@ class StatementPool:
             else:
                 self._release(connection)
             raise
-        except BaseException:
-            # Broken, timed out or cancelled midway: nothing is known of its state.
-            self._discard(connection, stale_idle=True)
+        except BaseException as exc:
+            # Broken, timed out or cancelled midway: nothing is known of its state. Unless
+            # it was only cancelled, the server may be gone: the idle ones go with it.
+            self._discard(connection, stale_idle=not isinstance(exc, asyncio.CancelledError))
             raise
         self._release(connection)
         return records

@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
+from krolik.errors import StoreUnavailable
+from krolik.store.base import NewTask
+from krolik.store.postgres import PostgresTaskStore
 from krolik.store.statement_pool import StatementPool, set_json_codecs
-from tests.conftest import PG_HOST, PG_PORT, PG_USER
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, test_settings
 
 MakePool = Callable[..., StatementPool]
 
@@ -90,18 +93,23 @@ async def test_a_refused_statement_keeps_its_connection(make_pool: MakePool):
     assert pool.size == 1
 
 
-async def test_a_cancelled_statement_closes_its_connection(
+async def test_a_cancelled_statement_closes_its_connection_only(
     make_pool: MakePool, admin: asyncpg.Connection
 ):
     pool = make_pool()
-    sleeping = asyncio.create_task(pool.fetch("SELECT pg_sleep(30)"))
-    while not await _backends(admin, pool):
+    await asyncio.gather(*(pool.fetch("SELECT pg_sleep(0.05)") for _ in range(2)))
+    assert pool.size == 2
+    sleeping = asyncio.create_task(pool.fetch("SELECT pg_backend_pid() AS pid, pg_sleep(30)"))
+    while len(await _backends(admin, pool)) < 2 or pool.size < 2:
         await asyncio.sleep(0.01)
+    (idle,) = await pool.fetch("SELECT pg_backend_pid() AS pid")  # the other one
+    await asyncio.sleep(0.05)  # let the sleeping statement reach the server
     sleeping.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sleeping
-    assert pool.size == 0
-    assert (await pool.fetch("SELECT 7 AS n"))[0]["n"] == 7
+    assert pool.size == 1  # the idle connection stays: a cancel says nothing of the server
+    (again,) = await pool.fetch("SELECT pg_backend_pid() AS pid")
+    assert again["pid"] == idle["pid"]
 
 
 async def test_after_the_server_drops_a_connection_the_next_statement_reconnects(
@@ -120,8 +128,9 @@ async def test_after_the_server_drops_a_connection_the_next_statement_reconnects
         except (
             asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError,
-            OSError,
+            asyncpg.InternalClientError,
             asyncpg.AdminShutdownError,
+            OSError,
         ):
             failures += 1
     # The first statement on a dead connection fails; the idle ones go with it.
@@ -180,3 +189,29 @@ async def test_json_columns_are_decoded(make_pool: MakePool):
     assert row["b"] == {"a": [1, 2.5, None]}
     assert row["j"] == "text"
     assert row["p"] == {"from": "a parameter"}
+
+
+async def test_the_store_answers_unavailable_for_a_dropped_connection_then_reconnects(
+    pg_database: str, admin: asyncpg.Connection, run_id: str
+):
+    """A PostgreSQL restart drops idle connections: the next hot statement on one is a
+    StoreUnavailable (503, retried), never a driver error, and the one after works."""
+    store = PostgresTaskStore.from_settings(test_settings(pg_database, run_id).db)
+    new = [NewTask(name="echo", queue="default", payload=1)]
+    try:
+        await asyncio.gather(*(store.enqueue(new) for _ in range(3)))
+        pids = [connection.get_server_pid() for connection in store.statements._idle]
+        assert pids
+        for pid in pids:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        outcomes: list[str] = []
+        for _ in range(2):
+            try:
+                await store.enqueue(new)
+                outcomes.append("ok")
+            except StoreUnavailable:
+                outcomes.append("unavailable")
+        assert outcomes[-1] == "ok", outcomes
+        assert store.statements.size == 1
+    finally:
+        await store.close()
