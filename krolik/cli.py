@@ -66,6 +66,9 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 
 
 def load_settings() -> Settings:
+    """The settings, with logging set up first: a setting that fails to parse is a log line
+    too (JSON off a terminal), then again at the level the settings ask for."""
+    configure_logging()
     settings = Settings()
     configure_logging(level=settings.log_level or ("DEBUG" if settings.debug else "INFO"))
     return settings
@@ -331,7 +334,10 @@ def main() -> None:
     try:
         cli()
     except ConfigurationError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if sys.stderr.isatty():
+            typer.echo(f"error: {exc}", err=True)
+        else:
+            log.error("configuration_error", error=str(exc))
         raise SystemExit(2) from None
 
 

@@ -144,8 +144,17 @@ async def run_embedded(
 
         async def startup(sockets: object = None) -> None:
             await original_startup(sockets)  # type: ignore[arg-type]
-            if server.started:
+            if not server.started:
+                return
+            if sys.stderr.isatty():  # a person reads it
                 print(banner(host, port, embedded.store.path), file=sys.stderr, flush=True)
+            else:  # a program does: one log line like every other
+                log.info(
+                    "krolik_dev_listening",
+                    message=f"Krolik (embedded mode) is listening on http://{host}:{port}",
+                    url=f"http://{host}:{port}",
+                    data=str(embedded.store.path),
+                )
 
         server.startup = startup  # type: ignore[method-assign]
         with _survive_reraised_signals():

@@ -20,7 +20,7 @@ NO_SERVICES = {
 }
 
 
-async def _start_dev(cluster: Cluster, data: Path, port: int) -> Any:
+async def start_dev(cluster: Cluster, data: Path, port: int) -> Any:
     proc = cluster.spawn(
         "dev",
         "dev",
@@ -50,7 +50,7 @@ async def _start_dev(cluster: Cluster, data: Path, port: int) -> Any:
 async def test_tasks_survive_a_kill_9_of_krolik_dev(cluster: Cluster, tmp_path: Path) -> None:
     data = tmp_path / "tasks.sqlite3"
     port = free_port()
-    proc, url = await _start_dev(cluster, data, port)
+    proc, url = await start_dev(cluster, data, port)
     assert f"listening on {url}" in proc.log()
     assert str(data) in proc.log()
 
@@ -72,7 +72,7 @@ async def test_tasks_survive_a_kill_9_of_krolik_dev(cluster: Cluster, tmp_path: 
     proc.send(signal.SIGKILL)
     assert await proc.wait_exit(10) is not None
 
-    _, url = await _start_dev(cluster, data, port)
+    _, url = await start_dev(cluster, data, port)
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         first = (await client.get(f"/tasks/{done}")).json()
         assert first["status"] == "done"
@@ -102,7 +102,7 @@ async def test_krolik_dev_stops_gracefully_on_a_signal(
     """The worker drains (a running task finishes within the grace), the process says
     so and exits 0: uvicorn's re-raised signal must not kill it half-way."""
     data = tmp_path / "tasks.sqlite3"
-    proc, url = await _start_dev(cluster, data, free_port())
+    proc, url = await start_dev(cluster, data, free_port())
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         running = (
             await client.post("/tasks/", json={"name": "sleep", "payload": {"seconds": 1}})
@@ -119,7 +119,7 @@ async def test_krolik_dev_stops_gracefully_on_a_signal(
     assert "worker_draining" in log
     assert "worker_stopped" in log
 
-    _, url = await _start_dev(cluster, data, free_port())
+    _, url = await start_dev(cluster, data, free_port())
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         finished = (await client.get(f"/tasks/{running}")).json()
     assert (finished["status"], finished["attempts"]) == ("done", 1), finished
