@@ -14,12 +14,13 @@ committed half as often, for no change in latency (a lone caller never waits eit
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from krolik.errors import StoreError
+from krolik.errors import StoreConflict, StoreError
 from krolik.log import get_logger
 
 log = get_logger(__name__)
@@ -38,8 +39,11 @@ class _Waiting(Generic[T, R]):
 class MicroBatcher(Generic[T, R]):
     """Calls ``operation(items)`` with whatever is waiting; it returns one result per item.
 
-    A ``StoreError`` (the store is away) fails the whole batch; any other error fails
-    only the item that caused it: the batch is retried one item at a time.
+    A batch that lost a conflict (``StoreConflict``: a deadlock, a lock or statement
+    timeout; nothing was written) runs again, a few times. One the store cannot serve
+    (``StoreUnavailable``, or a conflict that persists) fails as a whole, at once: every
+    item would fail the same way. Any other error is taken to be one item's fault, and
+    only then is the batch retried one item at a time, to fail that item alone.
     """
 
     def __init__(
@@ -108,7 +112,7 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self, batch: list[_Waiting[T, R]]) -> None:
         try:
-            results = await self.operation([waiting.item for waiting in batch])
+            results = await self._attempt([waiting.item for waiting in batch])
         except StoreError as exc:
             for waiting in batch:
                 _fail(waiting, exc)
@@ -125,6 +129,20 @@ class MicroBatcher(Generic[T, R]):
         for waiting, result in zip(batch, results, strict=True):
             if not waiting.done.done():
                 waiting.done.set_result(result)
+
+    async def _attempt(self, items: list[T]) -> Sequence[R]:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return await self.operation(items)
+            except StoreConflict as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                log.info("batch_conflict_retried", size=len(items), error=str(exc))
+                await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+CONFLICT_ATTEMPTS = 3
 
 
 def _fail(waiting: _Waiting[T, R], exc: BaseException) -> None:

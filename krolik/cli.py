@@ -186,7 +186,7 @@ async def _run_worker(
         concurrency=concurrency,
         observer=metrics,
     )
-    rescuer = LeaseRescuer(store, settings.maintenance, metrics)
+    rescuer = LeaseRescuer(store, settings.maintenance, metrics, broker=broker)
     stop = _stop_on_signals()
     probe = probe_server(the_worker, metrics, metrics_host, metrics_port) if metrics_port else None
     serving = asyncio.create_task(probe.serve()) if probe else None

@@ -57,7 +57,7 @@ class Embedded:
         worker = Worker(
             store, broker, registry, settings, concurrency=concurrency, observer=metrics
         )
-        rescuer = LeaseRescuer(store, settings.maintenance, metrics)
+        rescuer = LeaseRescuer(store, settings.maintenance, metrics, broker=broker)
         return cls(settings, store, broker, worker, rescuer, metrics)
 
     async def start(self) -> None:

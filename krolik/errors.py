@@ -22,6 +22,10 @@ class StoreUnavailable(StoreError):
     """The task store cannot be reached."""
 
 
+class StoreConflict(StoreError):
+    """The statement lost against a concurrent one and wrote nothing; it may run again."""
+
+
 class BrokerError(KrolikError):
     """The message broker failed."""
 
@@ -36,6 +40,10 @@ class TaskNotFound(KrolikError):
 
 class InvalidTransition(KrolikError):
     """The task is not in a state that allows this change."""
+
+
+class IdempotencyConflict(InvalidTransition):
+    """This idempotency key was used before with a different request body."""
 
 
 class QueueFull(KrolikError):

@@ -38,6 +38,15 @@ class Observer:
     def outbox_published(self, count: int) -> None:
         """The relay published ``count`` messages, all confirmed."""
 
+    def queue_publish_failed(self, queue: str) -> None:
+        """The relay could not publish to ``queue`` (others may flow on); it backs off."""
+
+    def event_loop_blocked(self, seconds: float) -> None:
+        """A worker's event loop did not run for ``seconds`` (a handler blocked it)."""
+
+    def tasks_redispatched(self, count: int) -> None:
+        """Due tasks whose messages were lost (their queue is empty) were sent again."""
+
     def outbox_publish_failed(self, count: int) -> None:
         """The relay could not publish a batch of ``count`` (0: it could not even
         connect); it will try again."""
@@ -77,3 +86,12 @@ class Observers(Observer):
 
     def outbox_publish_failed(self, count: int) -> None:
         self._call("outbox_publish_failed", count)
+
+    def queue_publish_failed(self, queue: str) -> None:
+        self._call("queue_publish_failed", queue)
+
+    def event_loop_blocked(self, seconds: float) -> None:
+        self._call("event_loop_blocked", seconds)
+
+    def tasks_redispatched(self, count: int) -> None:
+        self._call("tasks_redispatched", count)

@@ -77,6 +77,23 @@ class Metrics(Observer):
         self.publish_errors = counter(
             "krolik_relay_publish_errors", "Relay batches that could not be published.", []
         )
+        self.queue_publish_errors = counter(
+            "krolik_relay_queue_publish_errors",
+            "Messages of one queue the relay could not publish (the queue backs off).",
+            ["queue"],
+        )
+        self.redispatched = counter(
+            "krolik_tasks_redispatched",
+            "Due tasks sent again because their queue had lost their messages.",
+            [],
+        )
+        self.loop_blocked = Histogram(
+            "krolik_worker_event_loop_blocked_seconds",
+            "Stalls of a worker's event loop longer than the warning threshold.",
+            [],
+            buckets=(1, 2.5, 5, 10, 30, 60, 300, 1800),
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "krolik_task_duration_seconds",
             "Time a handler ran.",
@@ -151,6 +168,15 @@ class Metrics(Observer):
 
     def outbox_publish_failed(self, count: int) -> None:
         self.publish_errors.inc()
+
+    def queue_publish_failed(self, queue: str) -> None:
+        self.labelled(self.queue_publish_errors, queue).inc()
+
+    def event_loop_blocked(self, seconds: float) -> None:
+        self.loop_blocked.observe(seconds)
+
+    def tasks_redispatched(self, count: int) -> None:
+        self.redispatched.inc(count)
 
     # -- exposition ------------------------------------------------------------------
     def exposition(self, extra: Collector | None = None) -> bytes:

@@ -16,7 +16,7 @@ import itertools
 import time
 from collections.abc import Iterable
 
-from krolik.broker.base import Broker, TaskMessage
+from krolik.broker.base import Broker, PublishResult, TaskMessage
 from krolik.errors import BrokerError, BrokerUnavailable, StoreError
 from krolik.events import Observer
 from krolik.log import get_logger
@@ -53,6 +53,7 @@ class OutboxRelay(LoopService):
         self._confirmed: list[int] = []
         """Outbox rows published and confirmed, not deleted yet."""
         self._ticking = False
+        self.backoff = QueueBackoff()
 
     @property
     def takes_handed_rows(self) -> bool:
@@ -115,31 +116,71 @@ class OutboxRelay(LoopService):
             self._next_poll = now + self.settings.poll_seconds
             try:
                 entries += await self.store.claim_outbox(
-                    batch_size - len(entries), self.settings.claim_seconds
+                    batch_size - len(entries),
+                    self.settings.claim_seconds,
+                    skip_queues=self.backoff.waiting(),
                 )
             except BaseException:
                 self._handed[:0] = entries
                 raise
+        entries = await self._set_aside_waiting(entries)
         if not entries:
             return False
         messages = [TaskMessage(task_id=e.task_id, name=e.name, queue=e.queue) for e in entries]
-        ids = [entry.id for entry in entries]
         try:
-            await self.broker.publish(messages, self.settings.tasks_per_message)
+            result = await self.broker.publish(messages, self.settings.tasks_per_message)
         except BrokerError as exc:
             log.warning("relay_publish_failed", error=str(exc), count=len(entries))
             self.observer.outbox_publish_failed(len(entries))
-            await self.store.release_outbox(ids)
+            self._connected = not isinstance(exc, BrokerUnavailable)
+            await self.store.release_outbox([entry.id for entry in entries])
             return False
-        self._confirmed += ids
-        if not self._handed or len(self._confirmed) >= batch_size:
+        published = [e for e, ok in zip(entries, result.confirmed, strict=True) if ok]
+        failed = [e for e, ok in zip(entries, result.confirmed, strict=True) if not ok]
+        # What RabbitMQ confirmed is forgotten whatever else failed: published again it
+        # would be a duplicate for every tick the failing part keeps failing.
+        self._confirmed += [entry.id for entry in published]
+        if failed or not self._handed or len(self._confirmed) >= batch_size:
             # More was handed over meanwhile (load): the rows of several ticks go in one
             # statement. Otherwise they go now.
             await self._forget_confirmed()
-        self.published += len(entries)
-        self.observer.outbox_published(len(entries))
-        log.debug("relay_published", count=len(entries))
+        if failed:
+            self._note_failures(result, failed)
+            await self.store.release_outbox([entry.id for entry in failed])
+        for entry in published:
+            self.backoff.succeeded(entry.queue)
+        self.published += len(published)
+        if published:
+            self.observer.outbox_published(len(published))
+            log.debug("relay_published", count=len(published))
         return len(entries) >= batch_size or bool(self._handed)
+
+    def _note_failures(self, result: PublishResult, failed: list[OutboxEntry]) -> None:
+        if result.unavailable is not None:
+            log.warning("relay_publish_failed", error=result.unavailable, count=len(failed))
+            self.observer.outbox_publish_failed(len(failed))
+            self._connected = False
+        for queue, error in result.queue_errors.items():
+            count = sum(1 for entry in failed if entry.queue == queue)
+            delay = self.backoff.failed(queue)
+            log.warning(
+                "relay_queue_failing",
+                queue=queue,
+                error=error,
+                count=count,
+                retry_in_seconds=round(delay, 2),
+            )
+            self.observer.queue_publish_failed(queue)
+
+    async def _set_aside_waiting(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+        """Rows (handed over) of queues that back off go back to the outbox to wait."""
+        waiting = set(self.backoff.waiting())
+        if not waiting:
+            return entries
+        aside = [entry.id for entry in entries if entry.queue in waiting]
+        if aside:
+            await self.store.release_outbox(aside)
+        return [entry for entry in entries if entry.queue not in waiting]
 
     async def _forget_confirmed(self) -> None:
         """Delete the rows whose messages RabbitMQ confirmed. Were this lost, their claim
@@ -150,6 +191,35 @@ class OutboxRelay(LoopService):
         except BaseException:
             self._confirmed[:0] = ids
             raise
+
+
+class QueueBackoff:
+    """Queues RabbitMQ refuses (deleted, declared with other arguments, full) wait on
+    their own, each longer after every failure, while the other queues flow on."""
+
+    FIRST_SECONDS = 0.5
+    MOST_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._delays: dict[str, float] = {}
+        self._until: dict[str, float] = {}
+
+    def failed(self, queue: str) -> float:
+        """Note a failure; the delay before this queue is tried again."""
+        delay = min(self._delays.get(queue, self.FIRST_SECONDS / 2) * 2, self.MOST_SECONDS)
+        self._delays[queue] = delay
+        self._until[queue] = time.monotonic() + delay
+        return delay
+
+    def succeeded(self, queue: str) -> None:
+        if self._delays.pop(queue, None) is not None:
+            self._until.pop(queue, None)
+            log.info("relay_queue_recovered", queue=queue)
+
+    def waiting(self) -> list[str]:
+        """Queues not to be tried yet."""
+        now = time.monotonic()
+        return sorted(queue for queue, until in self._until.items() if until > now)
 
 
 def handing_over(relay: OutboxRelay | None) -> float | None:

@@ -50,6 +50,16 @@ class WorkerSettings(BaseModel):
     heartbeat_seconds: float = Field(10.0, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     queues: list[str] = Field(default_factory=lambda: ["default"])
+    unserved_fail_after_seconds: float = Field(900.0, gt=0)
+    """A task whose handler no live worker has stays pending (a rolling deploy, mixed
+    worker pools) and fails only once it has been due this long."""
+    hold_seconds: float = Field(60.0, gt=0)
+    """How long a received message may wait for a free slot; then its tasks are handed
+    back (dispatched again for any worker) and it is acked, well before RabbitMQ's
+    consumer timeout would close the channel."""
+    blocked_loop_warn_seconds: float = Field(1.0, gt=0)
+    """Warn (and count) when a handler kept the worker's event loop from running this
+    long: its other tasks stalled meanwhile (the leases are kept from a thread)."""
 
 
 class RetrySettings(BaseModel):

@@ -15,7 +15,7 @@ from krolik.api.direct import DirectRoutes
 from krolik.api.edge import HttpEdge
 from krolik.api.errors import install_error_handlers
 from krolik.api.rate_limit import RateLimiter
-from krolik.api.routes import health, queues, tasks
+from krolik.api.routes import health, queues, tasks, workers
 from krolik.api.routes import metrics as metrics_route
 from krolik.batching import MicroBatcher
 from krolik.broker.base import Broker
@@ -114,6 +114,7 @@ def create_app(
         return await the_store.enqueue(new_tasks, claim_outbox_seconds=handing_over(relay))
 
     app.state.committer = MicroBatcher(commit)
+    app.state.keyed_committer = MicroBatcher(commit)
     app.state.key_cache = KeyCache(settings.auth.cache_seconds)
     app.state.rate_limiter = rate_limiter
     app.state.admission = Admission(settings.api)
@@ -122,7 +123,13 @@ def create_app(
         settings.metrics.stuck_after_seconds,
         max_age_seconds=settings.metrics.refresh_seconds,
     )
-    for router in (tasks.router, queues.router, health.router, metrics_route.router):
+    for router in (
+        tasks.router,
+        queues.router,
+        workers.router,
+        health.router,
+        metrics_route.router,
+    ):
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(

@@ -16,6 +16,7 @@ from krolik.errors import (
     BrokerUnavailable,
     InvalidTransition,
     QueueFull,
+    StoreConflict,
     StoreUnavailable,
     TaskNotFound,
 )
@@ -23,6 +24,7 @@ from krolik.log import get_logger
 
 log = get_logger(__name__)
 RETRY_AFTER_SECONDS = "5"
+RETRY_CONFLICT_AFTER_SECONDS = "1"
 
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No valid API key (with APP__AUTH__ENABLED)"},
@@ -94,6 +96,16 @@ def install_error_handlers(app: FastAPI) -> None:
             {"detail": "the task store is unavailable, try again shortly"},
             status_code=503,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    @app.exception_handler(StoreConflict)
+    async def store_busy(_: Request, exc: StoreConflict) -> JSONResponse:
+        # Retried already where retrying is safe (the group commit); nothing was written.
+        log.warning("store_conflict", error=str(exc))
+        return JSONResponse(
+            {"detail": "the task store is busy with a conflicting change, try again"},
+            status_code=503,
+            headers={"Retry-After": RETRY_CONFLICT_AFTER_SECONDS},
         )
 
     @app.exception_handler(BrokerUnavailable)

@@ -160,6 +160,13 @@ class TaskCreated(TaskOut):
 
 class TaskDetail(TaskOut):
     traceback: str | None
+    waiting_reason: str | None = Field(
+        None, description="Why a pending task is not running yet; null for other states."
+    )
+
+    @classmethod
+    def _extra(cls, task: Task) -> dict[str, Any]:
+        return {"waiting_reason": None}  # the route fills it in: it reads the workers
 
 
 class TaskPage(BaseModel):

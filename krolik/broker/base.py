@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from krolik.errors import KrolikError
+from krolik.errors import BrokerError, BrokerUnavailable, KrolikError
 
 
 class MalformedMessage(KrolikError):
@@ -95,15 +95,51 @@ def encode_messages(messages: Sequence[TaskMessage]) -> bytes:
 
 def pack(messages: Sequence[TaskMessage], per_message: int) -> list[list[TaskMessage]]:
     """Group tasks by queue, at most ``per_message`` to a group, keeping their order."""
-    by_queue: dict[str, list[TaskMessage]] = {}
-    for message in messages:
-        by_queue.setdefault(message.queue, []).append(message)
+    return [[messages[i] for i in group] for group in pack_indexes(messages, per_message)]
+
+
+def pack_indexes(messages: Sequence[TaskMessage], per_message: int) -> list[list[int]]:
+    """``pack``, as the positions of the messages in each group."""
+    by_queue: dict[str, list[int]] = {}
+    for index, message in enumerate(messages):
+        by_queue.setdefault(message.queue, []).append(index)
     step = max(1, per_message)
     return [
         group[start : start + step]
         for group in by_queue.values()
         for start in range(0, len(group), step)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What the broker confirmed of one ``publish``: per message, in the order given.
+
+    One queue the broker refuses (deleted under the publisher, declared with other
+    arguments, full) fails only its own messages; the others are confirmed or not on
+    their own. ``unavailable`` says the connection failed midway: what is not confirmed
+    may or may not have arrived (a second message is harmless, a lost one is not).
+    """
+
+    confirmed: tuple[bool, ...]
+    queue_errors: dict[str, str] = field(default_factory=dict)
+    unavailable: str | None = None
+
+    @classmethod
+    def all_confirmed(cls, count: int) -> PublishResult:
+        return cls((True,) * count)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.confirmed)
+
+    def raise_for_failures(self) -> None:
+        """Raise unless every message was confirmed (for callers that want all or none)."""
+        if self.unavailable is not None:
+            raise BrokerUnavailable(f"publishing failed: {self.unavailable}")
+        if not self.complete:
+            errors = "; ".join(f"{queue}: {error}" for queue, error in self.queue_errors.items())
+            raise BrokerError(f"RabbitMQ refused a message: {errors or 'not confirmed'}")
 
 
 class Delivery(ABC):
@@ -157,10 +193,11 @@ class Broker(ABC):
         """Raise ``BrokerUnavailable`` unless the broker is connected."""
 
     @abstractmethod
-    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> None:
-        """Publish and wait until the broker confirmed every message; raise otherwise.
+    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> PublishResult:
+        """Publish and wait for the broker's confirms; say which messages it confirmed.
 
-        Up to ``per_message`` tasks of one queue may share one broker message.
+        Up to ``per_message`` tasks of one queue may share one broker message. Raises
+        ``BrokerUnavailable`` when not connected at all.
         """
 
     @abstractmethod

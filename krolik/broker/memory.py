@@ -19,6 +19,7 @@ from krolik.broker.base import (
     Broker,
     Delivery,
     DeliveryHandler,
+    PublishResult,
     QueueInfo,
     Subscription,
     TaskMessage,
@@ -135,10 +136,11 @@ class MemoryBroker(Broker):
             target.messages.append((body, redelivered))
             target.ready.notify()
 
-    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> None:
+    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> PublishResult:
         await self.ping()
         for group in pack(messages, per_message):
             await self.put(group[0].queue, encode_messages(group))
+        return PublishResult.all_confirmed(len(messages))
 
     async def publish_raw(self, queue: str, body: bytes) -> None:
         """Put any bytes on a queue (tests of malformed messages)."""

@@ -26,14 +26,15 @@ from krolik.broker.base import (
     Broker,
     Delivery,
     DeliveryHandler,
+    PublishResult,
     QueueInfo,
     Subscription,
     TaskMessage,
     encode_messages,
-    pack,
+    pack_indexes,
 )
 from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER, Topology
-from krolik.errors import BrokerError, BrokerUnavailable
+from krolik.errors import BrokerUnavailable
 from krolik.log import get_logger
 from krolik.settings import RabbitMQSettings
 
@@ -48,6 +49,13 @@ _CONNECTION_ERRORS = (
     aio_pika.exceptions.ChannelClosed,
     RuntimeError,  # aio-pika raises it for a connection closed under a waiting call
 )
+_QUEUE_REFUSALS = (
+    aiormq.exceptions.ChannelPreconditionFailed,  # declared before with other arguments
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelLockedResource,  # an exclusive queue of another connection
+    aiormq.exceptions.ChannelNotFoundEntity,
+)
+"""Channel closes that are about one queue, not about the connection."""
 
 
 class RabbitDelivery(Delivery):
@@ -164,52 +172,96 @@ class RabbitMQBroker(Broker):
         await queue.bind(self.topology.exchange, routing_key=spec.routing_key)
         return queue
 
-    async def _ensure_declared(self, krolik_queue: str) -> None:
-        if krolik_queue in self._declared:
-            return
-        async with self._declare_lock:
-            if krolik_queue not in self._declared and self._channel is not None:
-                await self.declare_queue(self._channel, krolik_queue)
-                self._declared.add(krolik_queue)
+    async def _ensure_declared(self, krolik_queue: str) -> str | None:
+        """Declare the queue once per connection; what RabbitMQ said if it refused.
 
-    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> None:
-        if self._exchange is None:
+        On a channel of its own: RabbitMQ closes the channel of a refused declaration
+        (a queue declared before with other arguments, a name it will not take), and the
+        publishing channel, with every other queue's confirms on it, must not go with it.
+        """
+        if krolik_queue in self._declared:
+            return None
+        async with self._declare_lock:
+            if krolik_queue in self._declared or self._publisher is None:
+                return None
+            channel = await self._publisher.channel()
+            try:
+                await self.declare_queue(channel, krolik_queue)
+            except _QUEUE_REFUSALS as exc:
+                return f"{type(exc).__name__}: {exc}"
+            finally:
+                if not channel.is_closed:
+                    with contextlib.suppress(*_CONNECTION_ERRORS):
+                        await channel.close()
+            self._declared.add(krolik_queue)
+        return None
+
+    async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> PublishResult:
+        exchange = self._exchange
+        if exchange is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_timeout_seconds
+        groups = pack_indexes(messages, per_message)
+        queue_errors: dict[str, str] = {}
         try:
             # The declarations too are under the timeout: while RabbitMQ is away, the
             # robust channel waits for it to come back, and so would an unbounded call.
-            await asyncio.wait_for(
-                self._declare_and_publish(self._exchange, pack(messages, per_message)),
-                timeout=self.settings.publish_timeout_seconds,
-            )
-        except _CONNECTION_ERRORS as exc:
+            async with asyncio.timeout_at(deadline):
+                for krolik_queue in dict.fromkeys(messages[group[0]].queue for group in groups):
+                    refused = await self._ensure_declared(krolik_queue)
+                    if refused is not None:
+                        queue_errors[krolik_queue] = refused
+        except (*_CONNECTION_ERRORS, TimeoutError) as exc:
             self._declared.clear()
             raise BrokerUnavailable(f"publishing failed: {type(exc).__name__}") from None
-        except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
-            raise BrokerError(f"RabbitMQ refused a message: {exc}") from None
-
-    async def _declare_and_publish(
-        self, exchange: AbstractExchange, groups: Sequence[Sequence[TaskMessage]]
-    ) -> None:
-        for krolik_queue in {group[0].queue for group in groups}:
-            await self._ensure_declared(krolik_queue)
+        sending = [group for group in groups if messages[group[0]].queue not in queue_errors]
         # All publishes in flight at once; each awaits its own confirm.
-        await asyncio.gather(
-            *(
-                exchange.publish(
-                    aio_pika.Message(
-                        encode_messages(group),
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        # Always set: without one aiormq draws a uuid from `random`.
-                        message_id=_message_id(group),
-                        type=group[0].name if len(group) == 1 else None,
-                    ),
-                    routing_key=self.topology.queue(group[0].queue).routing_key,
-                    mandatory=True,
-                )
-                for group in groups
-            )
+        flights = [
+            asyncio.ensure_future(self._publish_group(exchange, [messages[i] for i in group]))
+            for group in sending
+        ]
+        if flights:
+            await asyncio.wait(flights, timeout=max(deadline - loop.time(), 0))
+        confirmed = [False] * len(messages)
+        unavailable: str | None = None
+        for group, flight in zip(sending, flights, strict=True):
+            krolik_queue = messages[group[0]].queue
+            if not flight.done():
+                flight.cancel()
+                unavailable = "TimeoutError"
+                continue
+            error = flight.exception()
+            if error is None:
+                for index in group:
+                    confirmed[index] = True
+            elif isinstance(error, aio_pika.exceptions.DeliveryError):
+                # Returned unroutable (the queue was deleted) or nacked (full): declare
+                # it again next time; only this queue waits.
+                queue_errors[krolik_queue] = f"{type(error).__name__}: {error}"
+                self._declared.discard(krolik_queue)
+            else:
+                unavailable = type(error).__name__
+        if unavailable is not None:
+            self._declared.clear()
+            if not any(confirmed) and not queue_errors:
+                raise BrokerUnavailable(f"publishing failed: {unavailable}")
+        return PublishResult(tuple(confirmed), queue_errors, unavailable)
+
+    async def _publish_group(
+        self, exchange: AbstractExchange, group: Sequence[TaskMessage]
+    ) -> None:
+        await exchange.publish(
+            aio_pika.Message(
+                encode_messages(group),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                # Always set: without one aiormq draws a uuid from `random`.
+                message_id=_message_id(group),
+                type=group[0].name if len(group) == 1 else None,
+            ),
+            routing_key=self.topology.queue(group[0].queue).routing_key,
+            mandatory=True,
         )
 
     async def publish_dead_letter(self, body: bytes, reason: str, origin: str) -> None:

@@ -8,7 +8,7 @@ caller holding stale knowledge changes nothing and learns so from the return val
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,8 +29,12 @@ class NewTask:
     run_at: datetime | None = None
     delay_seconds: float | None = None
     idempotency_key: str | None = None
+    request_hash: str | None = None
+    """A fingerprint of the request that sent ``idempotency_key``: the same key sent again
+    with another fingerprint is a conflict (``Enqueued.mismatch``)."""
     request_id: str | None = None
     created_by: str | None = None
+    """The caller (API key name); idempotency keys are unique per caller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +51,14 @@ class Task:
     max_attempts: int | None
     timeout_seconds: float | None
     idempotency_key: str | None
+    idempotency_scope: str | None
+    request_hash: str | None
     request_id: str | None
     created_by: str | None
     worker_id: str | None
     cancel_requested: bool
+    run_token: int
+    """The fencing token of the current or last run (see ``RunRef``)."""
     run_at: datetime
     lease_expires_at: datetime | None
     created_at: datetime
@@ -64,23 +72,31 @@ class Enqueued:
     task: Task
     created: bool
     """False when an idempotency key matched an existing task."""
+    mismatch: bool = False
+    """The key matched a task created by a request with another body: refuse it (409)."""
     outbox: OutboxEntry | None = None
     """The task's outbox row, already claimed for the caller to publish (see ``enqueue``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunRef:
-    """One claimed run of a task: only this worker, at this attempt, may finish it."""
+    """One claimed run of a task: only the holder of its token may extend or finish it.
+
+    ``token`` is the task's ``run_token`` as this run's claim set it. Every claim takes
+    a new one and none is ever given out twice for a task, so a stale run (its lease
+    lost, the task released and claimed again, even by the same worker at the same
+    attempt number) never passes a guard meant for the current run.
+    """
 
     task_id: int
+    token: int
     attempt: int
     worker_id: str
 
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    task_id: int
-    default_max_attempts: int
+    @classmethod
+    def of(cls, task: Task) -> RunRef:
+        """The run a claim just started."""
+        return cls(task.id, task.run_token, task.attempts, task.worker_id or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,25 @@ class OutboxEntry:
     task_id: int
     queue: str
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as it registered itself, and until when it counts as alive."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    handlers: list[str]
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+
+    def serves(self, queue: str, name: str) -> bool:
+        return queue in self.queues and name in self.handlers
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +184,11 @@ class TaskStore(ABC):
     async def open(self) -> None: ...
 
     @abstractmethod
+    def sibling(self) -> TaskStore:
+        """A new store of the same kind on the same database, with connections of its own,
+        for another thread's event loop (the worker's lease keeper)."""
+
+    @abstractmethod
     async def close(self) -> None: ...
 
     @abstractmethod
@@ -158,9 +198,17 @@ class TaskStore(ABC):
     # -- producers -----------------------------------------------------------------
     @abstractmethod
     async def enqueue(
-        self, new_tasks: Sequence[NewTask], *, claim_outbox_seconds: float | None = None
+        self,
+        new_tasks: Sequence[NewTask],
+        *,
+        claim_outbox_seconds: float | None = None,
+        refuse_mismatch: bool = False,
     ) -> list[Enqueued]:
         """Insert tasks and their outbox rows in one transaction.
+
+        An idempotency key seen before (for the same caller) gives back its task, not a
+        new one; with another request body it is a mismatch (``Enqueued.mismatch``), or,
+        with ``refuse_mismatch``, ``IdempotencyConflict`` and nothing written at all.
 
         With ``claim_outbox_seconds``, the outbox rows of created tasks that are due at
         once are written already claimed for that long and returned in
@@ -191,37 +239,42 @@ class TaskStore(ABC):
 
     # -- workers ---------------------------------------------------------------------
     @abstractmethod
-    async def claim(
-        self, task_id: int, worker_id: str, lease_seconds: float, default_max_attempts: int
-    ) -> Task | None:
-        """pending -> processing for a due task; None if it is not claimable.
-
-        A task enqueued without max_attempts takes ``default_max_attempts`` (the
-        handler's) here, so every running task has a fixed limit.
-        """
-
-    @abstractmethod
     async def claim_many(
-        self, claims: Sequence[Claim], worker_id: str, lease_seconds: float
+        self,
+        task_ids: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
     ) -> list[Task | None]:
-        """``claim`` for many tasks at once; one answer per claim, in order.
+        """pending -> processing for due tasks whose stored name is in ``handlers``; one
+        answer per id, in order (None: not claimable by this worker). When an id appears
+        twice, only its first claim can succeed.
 
-        When one id appears twice, only its first claim can succeed.
+        ``handlers`` maps each handler name the worker has to its default max_attempts:
+        a task enqueued without max_attempts takes its handler's here, so every running
+        task has a fixed limit. Each claim takes the task's next fencing token.
         """
 
+    async def claim(
+        self, task_id: int, worker_id: str, lease_seconds: float, handlers: Mapping[str, int]
+    ) -> Task | None:
+        [task] = await self.claim_many([task_id], worker_id, lease_seconds, handlers)
+        return task
+
     @abstractmethod
-    async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[int, bool]:
-        """Extend the leases of runs still owned; maps task id -> cancel requested.
+    async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[RunRef, bool]:
+        """Extend the leases of runs still owned; maps each such run -> cancel requested.
 
         A run missing from the answer has lost its lease and must not finish.
         """
 
     @abstractmethod
-    async def complete(self, run: RunRef, result: Any) -> bool: ...
-
-    @abstractmethod
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
-        """``complete`` for many runs at once; one answer per run, in order."""
+        """processing -> done for each run still owned; one answer per run, in order."""
+
+    async def complete(self, run: RunRef, result: Any) -> bool:
+        [done] = await self.complete_many([(run, result)])
+        return done
 
     @abstractmethod
     async def retry_later(
@@ -246,8 +299,37 @@ class TaskStore(ABC):
         Returns where the task went, as ``retry_later`` does."""
 
     @abstractmethod
+    async def dispatch_later(self, task_ids: Sequence[int], delay_seconds: float) -> list[int]:
+        """Dispatch pending tasks again after ``delay_seconds`` (a new outbox row each);
+        the ids that were pending. For tasks a worker received but will not run now: a
+        handler it lacks, or a packed message it could not take whole."""
+
+    @abstractmethod
     async def fail_unrunnable(self, task_id: int, error: str) -> bool:
         """pending -> failed for a task no worker can run (e.g. unknown handler)."""
+
+    # -- the worker registry ---------------------------------------------------------
+    @abstractmethod
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        """Record (or record again) a worker process; it counts as alive until
+        ``worker.expires_at`` unless its heartbeats move that on."""
+
+    @abstractmethod
+    async def touch_worker(self, worker_id: str, running: int, lease_seconds: float) -> bool:
+        """A worker's heartbeat: seen now, alive for ``lease_seconds`` more. False if its
+        row is gone (pruned after it was thought dead): it should register again."""
+
+    @abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    @abstractmethod
+    async def list_workers(self, *, include_expired: bool = False) -> list[WorkerInfo]:
+        """Workers alive now (and, with ``include_expired``, those not seen for a while),
+        oldest first."""
+
+    @abstractmethod
+    async def prune_workers(self, expired_for_seconds: float) -> int:
+        """Forget workers whose registration expired that long ago."""
 
     # -- maintenance -----------------------------------------------------------------
     @abstractmethod
@@ -259,8 +341,18 @@ class TaskStore(ABC):
         """End every running lease now, for the rescuer to take (single-owner start-up)."""
 
     @abstractmethod
-    async def redispatch_stale(self, older_than_seconds: float, limit: int) -> int:
-        """Queue an outbox row again for due pending tasks that have none."""
+    async def stale_queues(self, older_than_seconds: float) -> list[str]:
+        """Queues holding pending tasks due for ``older_than_seconds`` and untouched as
+        long, with no outbox row: their message went out, and may have been lost."""
+
+    @abstractmethod
+    async def redispatch_stale(
+        self, older_than_seconds: float, limit: int, queues: Sequence[str] | None = None
+    ) -> int:
+        """Queue an outbox row again for such tasks (of ``queues`` only, when given).
+
+        Only the caller knows whether their messages are really gone (the broker's
+        queue is empty), so it picks the queues."""
 
     @abstractmethod
     async def queue_stats(self, stuck_after_seconds: float) -> list[QueueStats]:
@@ -291,8 +383,12 @@ class TaskStore(ABC):
 
     # -- relay -----------------------------------------------------------------------
     @abstractmethod
-    async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
-        """Take due outbox rows for ``claim_seconds``; other relays skip them meanwhile."""
+    async def claim_outbox(
+        self, limit: int, claim_seconds: float, *, skip_queues: Sequence[str] = ()
+    ) -> list[OutboxEntry]:
+        """Take due outbox rows for ``claim_seconds``; other relays skip them meanwhile.
+
+        Rows of ``skip_queues`` (queues the relay cannot publish to for now) are left."""
 
     @abstractmethod
     async def release_outbox(self, entry_ids: Sequence[int]) -> None:

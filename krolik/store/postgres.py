@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import ColumnElement, bindparam, func
+from pydantic import SecretStr
+from sqlalchemy import ColumnElement, bindparam, event, func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import Float
 
 from krolik.settings import DatabaseSettings
 from krolik.states import TaskStatus
-from krolik.store.base import Claim, Enqueued, NewTask, OutboxEntry, RunRef, Task
-from krolik.store.sql import SqlTaskStore, raise_if_unavailable
+from krolik.store.base import Enqueued, NewTask, OutboxEntry, RunRef, Task
+from krolik.store.failures import Failure, classify, raise_classified
+from krolik.store.sql import SqlTaskStore
 from krolik.store.statement_pool import StatementPool, set_json_codecs
-from krolik.store.tables import Timestamp, tasks
+from krolik.store.tables import tasks
 
 
 def json_dumps(value: Any) -> str:
@@ -91,18 +94,20 @@ the caller, and the last column is their id (see ``TaskStore.enqueue``)."""
 
 
 # A worker's claims and completions, many runs per statement (the guards of sql.py's
-# claim and complete, row by row).
+# claim_many and complete_many, row by row). Conditions compare with now(), the time of
+# the statement, so that they are index conditions; recorded times are clock_timestamp().
 CLAIM_MANY_SQL = """
 UPDATE krolik_tasks AS t
 SET status = 'processing',
     attempts = t.attempts + 1,
-    max_attempts = coalesce(t.max_attempts, c.default_max),
-    worker_id = $3,
-    lease_expires_at = clock_timestamp() + make_interval(secs => $4),
+    run_token = t.run_token + 1,
+    max_attempts = coalesce(t.max_attempts, h.default_max),
+    worker_id = $2,
+    lease_expires_at = clock_timestamp() + make_interval(secs => $3),
     started_at = clock_timestamp(),
     updated_at = clock_timestamp()
-FROM unnest($1::bigint[], $2::int[]) AS c(id, default_max)
-WHERE t.id = c.id AND t.status = 'pending' AND t.run_at <= clock_timestamp()
+FROM unnest($1::bigint[]) AS c(id), unnest($4::text[], $5::int[]) AS h(name, default_max)
+WHERE t.id = c.id AND t.name = h.name AND t.status = 'pending' AND t.run_at <= now()
 RETURNING {columns}
 """.format(columns=returning("t"))
 
@@ -115,10 +120,9 @@ SET status = 'done',
     lease_expires_at = NULL,
     finished_at = clock_timestamp(),
     updated_at = clock_timestamp()
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[]) AS c(id, attempt, worker, result)
-WHERE t.id = c.id AND t.status = 'processing' AND t.attempts = c.attempt
-  AND t.worker_id = c.worker
-RETURNING t.id, t.attempts
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(id, token, result)
+WHERE t.id = c.id AND t.status = 'processing' AND t.run_token = c.token
+RETURNING t.id, t.run_token
 """
 
 
@@ -128,8 +132,9 @@ UPDATE krolik_outbox
 SET claimed_until = clock_timestamp() + make_interval(secs => $2)
 WHERE id IN (
     SELECT id FROM krolik_outbox
-    WHERE available_at <= clock_timestamp()
-      AND (claimed_until IS NULL OR claimed_until < clock_timestamp())
+    WHERE available_at <= now()
+      AND (claimed_until IS NULL OR claimed_until < now())
+      AND queue <> ALL($3::text[])
     ORDER BY available_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -145,7 +150,7 @@ COMMAND_TIMEOUT_SECONDS = 30
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         settings.dsn,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
@@ -161,6 +166,16 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         },
     )
 
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _drop_unavailable(context: ExceptionContext) -> None:
+        # A connection whose server cannot serve us (read-only after a demotion, shutting
+        # down) is dropped with its pool, as a lost one is: the next checkout connects
+        # afresh, and with a multi-host URL finds the current primary.
+        if classify(context.original_exception) is Failure.UNAVAILABLE:
+            context.is_disconnect = True
+
+    return engine
+
 
 class PostgresTaskStore(SqlTaskStore):
     """Uses the database clock, so leases mean the same on every machine.
@@ -171,6 +186,7 @@ class PostgresTaskStore(SqlTaskStore):
 
     def __init__(self, engine: AsyncEngine, *, pool_size: int = 10, timeout: float = 5.0) -> None:
         super().__init__(engine)
+        self.settings: DatabaseSettings | None = None
         _, connect_args = engine.dialect.create_connect_args(engine.url)
 
         async def connect() -> asyncpg.Connection:
@@ -187,31 +203,54 @@ class PostgresTaskStore(SqlTaskStore):
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PostgresTaskStore:
-        return cls(
+        store = cls(
             create_engine(settings),
             pool_size=settings.pool_size,
             timeout=settings.connect_timeout_seconds,
         )
+        store.settings = settings
+        return store
+
+    def sibling(self) -> PostgresTaskStore:
+        settings = self.settings or DatabaseSettings(
+            url=SecretStr(self.engine.url.render_as_string(hide_password=False))
+        )
+        small = settings.model_copy(update={"pool_size": 1, "max_overflow": 1})
+        return PostgresTaskStore.from_settings(small)
 
     async def close(self) -> None:
         await self.statements.close()
         await super().close()
 
     def _now(self) -> ColumnElement[datetime]:
+        return func.now()
+
+    def _clock(self) -> ColumnElement[datetime]:
         # clock_timestamp, not now(): a finish time is the moment of finishing,
         # not the start of the transaction.
         return func.clock_timestamp()
 
-    def _later(self, seconds: float) -> ColumnElement[datetime]:
-        return func.clock_timestamp() + func.make_interval(
-            0, 0, 0, 0, 0, 0, bindparam(None, seconds, type_=Float)
+    def _later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        return func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+    def _ago(self, seconds: float) -> ColumnElement[datetime]:
+        return func.now() - func.make_interval(
+            0, 0, 0, 0, 0, 0, bindparam(None, float(seconds), type_=Float)
         )
 
     async def enqueue(
-        self, new_tasks: Sequence[NewTask], *, claim_outbox_seconds: float | None = None
+        self,
+        new_tasks: Sequence[NewTask],
+        *,
+        claim_outbox_seconds: float | None = None,
+        refuse_mismatch: bool = False,
     ) -> list[Enqueued]:
         if not new_tasks or any(new.idempotency_key is not None for new in new_tasks):
-            return await super().enqueue(new_tasks, claim_outbox_seconds=claim_outbox_seconds)
+            return await super().enqueue(
+                new_tasks,
+                claim_outbox_seconds=claim_outbox_seconds,
+                refuse_mismatch=refuse_mismatch,
+            )
         columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
         for new in new_tasks:
             for column, value in zip(
@@ -244,20 +283,25 @@ class PostgresTaskStore(SqlTaskStore):
         return [_enqueued(record) for record in records]
 
     async def claim_many(
-        self, claims: Sequence[Claim], worker_id: str, lease_seconds: float
+        self,
+        task_ids: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
     ) -> list[Task | None]:
-        if not claims:
-            return []
+        if not task_ids or not handlers:
+            return [None] * len(task_ids)
         records = await self._fetch(
             CLAIM_MANY_SQL,
-            [claim.task_id for claim in claims],
-            [claim.default_max_attempts for claim in claims],
+            list(task_ids),
             worker_id,
             float(lease_seconds),
+            list(handlers),
+            list(handlers.values()),
         )
         claimed = {task.id: task for task in map(record_to_task, records)}
         # One winner per id: the first claim naming it.
-        return [claimed.pop(claim.task_id, None) for claim in claims]
+        return [claimed.pop(task_id, None) for task_id in task_ids]
 
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
         if not completions:
@@ -265,15 +309,18 @@ class PostgresTaskStore(SqlTaskStore):
         records = await self._fetch(
             COMPLETE_MANY_SQL,
             [run.task_id for run, _ in completions],
-            [run.attempt for run, _ in completions],
-            [run.worker_id for run, _ in completions],
+            [run.token for run, _ in completions],
             [json_dumps(result) for _, result in completions],
         )
-        done = {(record["id"], record["attempts"]) for record in records}
-        return [(run.task_id, run.attempt) in done for run, _ in completions]
+        done = {(record["id"], record["run_token"]) for record in records}
+        return [(run.task_id, run.token) in done for run, _ in completions]
 
-    async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
-        records = await self._fetch(CLAIM_OUTBOX_SQL, limit, float(claim_seconds))
+    async def claim_outbox(
+        self, limit: int, claim_seconds: float, *, skip_queues: Sequence[str] = ()
+    ) -> list[OutboxEntry]:
+        records = await self._fetch(
+            CLAIM_OUTBOX_SQL, limit, float(claim_seconds), list(skip_queues)
+        )
         entries = [
             OutboxEntry(id=r["id"], task_id=r["task_id"], queue=r["queue"], name=r["name"])
             for r in records
@@ -291,19 +338,8 @@ class PostgresTaskStore(SqlTaskStore):
         try:
             return await self.statements.fetch(sql, *args)
         except Exception as exc:
-            raise_if_unavailable(exc)
+            raise_classified(exc)
             raise
-
-    def _due_at(self) -> ColumnElement[datetime]:
-        return func.coalesce(
-            bindparam("p_run_at", type_=Timestamp),
-            func.clock_timestamp()
-            + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("p_delay", type_=Float)),
-        )
-
-    def _due_params(self, new: NewTask) -> dict[str, Any]:
-        run_at = new.run_at.astimezone(UTC) if new.run_at is not None else None
-        return {"p_run_at": run_at, "p_delay": float(new.delay_seconds or 0)}
 
     def _insert_task(self) -> Any:
         return pg_insert(tasks)

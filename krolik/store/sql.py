@@ -12,12 +12,12 @@ which SQLAlchemy leaves out where the database has none.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy import (
     ColumnElement,
     and_,
@@ -33,14 +33,13 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import Float
 
-from krolik.errors import InvalidTransition, StoreUnavailable, TaskNotFound
+from krolik.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
 from krolik.states import TaskStatus
 from krolik.store.base import (
     ApiKey,
-    Claim,
     Enqueued,
     NewTask,
     OutboxEntry,
@@ -51,8 +50,10 @@ from krolik.store.base import (
     Task,
     TaskFilter,
     TaskStore,
+    WorkerInfo,
 )
-from krolik.store.tables import Timestamp, api_keys, outbox, tasks
+from krolik.store.failures import raise_classified
+from krolik.store.tables import Timestamp, api_keys, outbox, tasks, workers
 
 PENDING = TaskStatus.PENDING.value
 PROCESSING = TaskStatus.PROCESSING.value
@@ -61,45 +62,19 @@ FAILED = TaskStatus.FAILED.value
 CANCELLED = TaskStatus.CANCELLED.value
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database is away (rather than refusing a statement)."""
-    if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    # asyncpg's own errors, where the driver is used directly. A connection the server
-    # closed while it sat idle (a restart, pg_terminate_backend) fails its next statement
-    # with the shutdown error, or with InternalClientError when the driver had not yet
-    # taken the closing in.
-    return isinstance(
-        exc,
-        asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.AdminShutdownError
-        | asyncpg.CrashShutdownError
-        | asyncpg.InternalClientError,
-    )
+def key_scope(new: NewTask) -> str:
+    """Whose key it is: idempotency keys of different callers never meet."""
+    return new.created_by or ""
 
 
-UNDEFINED_TABLE = "42P01"
+def _key_of(new: NewTask) -> tuple[str, str]:
+    return key_scope(new), new.idempotency_key or ""
 
 
-def is_schema_missing(exc: BaseException) -> bool:
-    """Whether ``exc`` says a Krolik table does not exist: ``krolik migrate`` was not run."""
-    for candidate in (exc, getattr(exc, "orig", None)):
-        if getattr(candidate, "sqlstate", None) == UNDEFINED_TABLE:
-            return True
-    return isinstance(exc, OperationalError) and "no such table" in str(exc)
-
-
-def raise_if_unavailable(exc: BaseException) -> None:
-    """Raise ``StoreUnavailable`` (from ``exc``) if ``exc`` means the database is away,
-    or has no Krolik tables yet (an operator's step is missing, not a bad request)."""
-    if is_schema_missing(exc):
-        raise StoreUnavailable("the database has no Krolik tables: run `krolik migrate`") from exc
-    if is_unavailable(exc):
-        raise StoreUnavailable(f"the task store cannot be reached: {type(exc).__name__}") from exc
+def _mismatch(stored: str | None, sent: str | None) -> bool:
+    """A key reused with another body. A task stored before fingerprints were kept, or a
+    caller that sent none, matches anything."""
+    return stored is not None and sent is not None and stored != sent
 
 
 def _aware(stamp: Any) -> Any:
@@ -138,6 +113,21 @@ API_KEY_COLUMNS = (
 )
 
 
+def _worker(row: Mapping[Any, Any]) -> WorkerInfo:
+    return WorkerInfo(
+        id=row["id"],
+        host=row["host"],
+        pid=row["pid"],
+        queues=list(row["queues"]),
+        handlers=list(row["handlers"]),
+        concurrency=row["concurrency"],
+        running=row["running"],
+        started_at=_aware(row["started_at"]),
+        last_seen_at=_aware(row["last_seen_at"]),
+        expires_at=_aware(row["expires_at"]),
+    )
+
+
 def _api_key(row: Mapping[Any, Any]) -> ApiKey:
     return ApiKey(
         id=row["id"],
@@ -155,24 +145,39 @@ class SqlTaskStore(TaskStore):
         self.engine = engine
 
     # -- dialect hooks -------------------------------------------------------------
+    @abstractmethod
     def _now(self) -> ColumnElement[datetime]:
-        """The current time as the database should record it."""
-        return literal(datetime.now(UTC))
+        """The current time for conditions: one value for the whole statement, so that a
+        comparison with an indexed column is an index condition (PostgreSQL's
+        ``clock_timestamp()`` changes row by row, and makes a scan of every row)."""
+
+    @abstractmethod
+    def _clock(self) -> ColumnElement[datetime]:
+        """The current time to record (a finish time is the moment of finishing)."""
 
     def _later(self, seconds: float) -> ColumnElement[datetime]:
-        return literal(datetime.now(UTC) + timedelta(seconds=seconds))
+        """``seconds`` after ``_clock()``, to record (leases, retry times)."""
+        return self._later_by(bindparam(None, float(seconds), type_=Float))
+
+    @abstractmethod
+    def _later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        """``_later`` for a number of seconds the statement computes or binds."""
+
+    @abstractmethod
+    def _ago(self, seconds: float) -> ColumnElement[datetime]:
+        """``seconds`` before ``_now()``, for conditions."""
 
     # -- plumbing ------------------------------------------------------------------
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction; lost connections surface as ``StoreUnavailable``."""
+        """One transaction; driver errors surface classified (``store/failures.py``)."""
         try:
             async with self.engine.begin() as conn:
                 yield conn
         except (TaskNotFound, InvalidTransition):
             raise
         except Exception as exc:
-            raise_if_unavailable(exc)
+            raise_classified(exc)
             raise
 
     async def open(self) -> None:
@@ -246,12 +251,17 @@ class SqlTaskStore(TaskStore):
 
     # -- producers -----------------------------------------------------------------
     async def enqueue(
-        self, new_tasks: Sequence[NewTask], *, claim_outbox_seconds: float | None = None
+        self,
+        new_tasks: Sequence[NewTask],
+        *,
+        claim_outbox_seconds: float | None = None,
+        refuse_mismatch: bool = False,
     ) -> list[Enqueued]:
-        """Tasks without an idempotency key go in as one multi-row INSERT; keyed ones
-        one by one, each first looking for its key."""
+        """Tasks without an idempotency key go in as one multi-row INSERT; keyed ones as
+        a few statements for all of them (see ``_enqueue_keyed``)."""
         results: dict[int, Enqueued] = {}
         plain = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is None]
+        keyed = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is not None]
         claims = self._claimed_until(new_tasks, claim_outbox_seconds)
         async with self._tx() as conn:
             if plain:
@@ -270,14 +280,19 @@ class SqlTaskStore(TaskStore):
                 entries = await self._dispatch(conn, rows, [claims[i] for i, _ in plain])
                 for (index, _), row, entry in zip(plain, rows, entries, strict=True):
                     results[index] = Enqueued(row_to_task(row), created=True, outbox=entry)
-            for index, new in enumerate(new_tasks):
-                if new.idempotency_key is not None:
-                    results[index] = await self._enqueue_keyed(conn, new, claims[index])
+            if keyed:
+                results.update(await self._enqueue_keyed(conn, keyed, claims))
+                mismatched = [new.idempotency_key for i, new in keyed if results[i].mismatch]
+                if refuse_mismatch and mismatched:
+                    raise IdempotencyConflict(
+                        "these idempotency keys were used before with a different "
+                        f"request body: {', '.join(map(repr, mismatched))}"
+                    )
         return [results[index] for index in range(len(new_tasks))]
 
     def _new_task_values(self) -> dict[str, Any]:
         """The columns every new task gets the same way (clock, initial state)."""
-        now = self._now()
+        now = self._clock()
         return {
             "status": PENDING,
             "attempts": 0,
@@ -288,6 +303,7 @@ class SqlTaskStore(TaskStore):
         }
 
     def _new_task_params(self, new: NewTask) -> dict[str, Any]:
+        keyed = new.idempotency_key is not None
         return {
             "name": new.name,
             "queue": new.queue,
@@ -295,52 +311,105 @@ class SqlTaskStore(TaskStore):
             "max_attempts": new.max_attempts,
             "timeout_seconds": new.timeout_seconds,
             "idempotency_key": new.idempotency_key,
+            "idempotency_scope": key_scope(new) if keyed else None,
+            "request_hash": new.request_hash if keyed else None,
             "request_id": new.request_id,
             "created_by": new.created_by,
-            **self._due_params(new),
+            "p_run_at": new.run_at.astimezone(UTC) if new.run_at is not None else None,
+            "p_delay": float(new.delay_seconds or 0),
         }
 
     def _due_at(self) -> ColumnElement[datetime]:
-        """A new task's run_at, from the parameters of ``_due_params``."""
-        return bindparam("p_run_at", type_=Timestamp)
-
-    def _due_params(self, new: NewTask) -> dict[str, Any]:
-        if new.run_at is not None:
-            return {"p_run_at": new.run_at.astimezone(UTC)}
-        return {"p_run_at": datetime.now(UTC) + timedelta(seconds=new.delay_seconds or 0)}
+        """A new task's run_at: the ``p_run_at`` given, else ``p_delay`` seconds from now."""
+        return func.coalesce(
+            bindparam("p_run_at", type_=Timestamp),
+            self._later_by(bindparam("p_delay", type_=Float)),
+        )
 
     async def _enqueue_keyed(
-        self, conn: AsyncConnection, new: NewTask, claimed_until: datetime | None
-    ) -> Enqueued:
-        key = new.idempotency_key or ""
-        existing = await self._by_idempotency_key(conn, key)
-        if existing is not None:
-            return Enqueued(existing, created=False)
-        stmt = self._on_key_conflict_do_nothing(
-            self._insert_task().values(**self._new_task_values()).returning(*tasks.c)
-        )
-        row = (await conn.execute(stmt, self._new_task_params(new))).mappings().first()
-        if row is None:  # a concurrent request with the same key won the race
-            existing = await self._by_idempotency_key(conn, key)
-            if existing is None:  # pragma: no cover - the winner's row is committed
+        self,
+        conn: AsyncConnection,
+        keyed: Sequence[tuple[int, NewTask]],
+        claims: Sequence[datetime | None],
+    ) -> dict[int, Enqueued]:
+        """Keyed tasks in three statements whatever their number: look the keys up, insert
+        the new ones (a conflict with a concurrent insert does nothing), look up again
+        the ones a concurrent transaction won.
+
+        Keys go in sorted order, so two transactions inserting overlapping keys wait
+        for each other in the same order and cannot deadlock. A key sent twice in one
+        batch makes one task. A key whose task came from a request with another body
+        (``request_hash``) is a mismatch, answered 409 by the API."""
+        first: dict[tuple[str, str], tuple[int, NewTask]] = {}
+        for index, new in sorted(keyed, key=lambda item: _key_of(item[1])):
+            first.setdefault(_key_of(new), (index, new))
+        found = await self._by_keys(conn, list(first))
+        missing = [item for key, item in first.items() if key not in found]
+        if missing:
+            rows = (
+                (
+                    await conn.execute(
+                        self._on_key_conflict_do_nothing(
+                            self._insert_task()
+                            .values(**self._new_task_values())
+                            .returning(*tasks.c)
+                        ),
+                        [self._new_task_params(new) for _, new in missing],
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            created = {(row["idempotency_scope"], row["idempotency_key"]): row for row in rows}
+            ordered = [created[_key_of(new)] for _, new in missing if _key_of(new) in created]
+            entries = await self._dispatch(
+                conn, ordered, [claims[index] for index, new in missing if _key_of(new) in created]
+            )
+            new_ones: dict[tuple[str, str], Enqueued] = {}
+            for row, entry in zip(ordered, entries, strict=True):
+                key = (row["idempotency_scope"], row["idempotency_key"])
+                new_ones[key] = Enqueued(row_to_task(row), created=True, outbox=entry)
+            lost = [_key_of(new) for _, new in missing if _key_of(new) not in created]
+            # Another transaction inserted these keys and has committed by now: READ
+            # COMMITTED lets this statement see its rows.
+            found |= await self._by_keys(conn, lost) if lost else {}
+        else:
+            new_ones = {}
+        results: dict[int, Enqueued] = {}
+        for index, new in keyed:
+            key = _key_of(new)
+            made = new_ones.get(key)
+            if made is not None and first[key][0] == index:
+                results[index] = made
+                continue
+            task = made.task if made is not None else found.get(key)
+            if task is None:  # pragma: no cover - the winner's row is committed
                 raise InvalidTransition("idempotency key conflict could not be resolved")
-            return Enqueued(existing, created=False)
-        [entry] = await self._dispatch(conn, [row], [claimed_until])
-        return Enqueued(row_to_task(row), created=True, outbox=entry)
+            results[index] = Enqueued(
+                task, created=False, mismatch=_mismatch(task.request_hash, new.request_hash)
+            )
+        return results
 
     def _insert_task(self) -> Any:
         return insert(tasks)
 
     def _on_key_conflict_do_nothing(self, stmt: Any) -> Any:
-        return stmt.on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
-
-    async def _by_idempotency_key(self, conn: AsyncConnection, key: str) -> Task | None:
-        row = (
-            (await conn.execute(select(tasks).where(tasks.c.idempotency_key == key)))
-            .mappings()
-            .first()
+        return stmt.on_conflict_do_nothing(
+            index_elements=[tasks.c.idempotency_scope, tasks.c.idempotency_key]
         )
-        return row_to_task(row) if row else None
+
+    async def _by_keys(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Task]:
+        if not keys:
+            return {}
+        stmt = select(tasks).where(
+            tuple_(tasks.c.idempotency_scope, tasks.c.idempotency_key).in_(list(keys))
+        )
+        rows = (await conn.execute(stmt)).mappings().all()
+        return {
+            (row["idempotency_scope"], row["idempotency_key"]): row_to_task(row) for row in rows
+        }
 
     async def get(self, task_id: int) -> Task | None:
         async with self._tx() as conn:
@@ -372,42 +441,34 @@ class SqlTaskStore(TaskStore):
         raise InvalidTransition(f"task {task_id} is {row.status} and cannot be {action}")
 
     async def cancel(self, task_id: int) -> Task:
-        now = self._now()
+        """One guarded statement decides: a pending task is cancelled, a running one is
+        asked to stop; whatever happened to the task meanwhile, the answer is its state
+        at that statement (two statements left a window where a task moving between
+        pending and processing was found in neither, and refused)."""
+        clock = self._clock()
+        pending, running = tasks.c.status == PENDING, tasks.c.status == PROCESSING
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.status.in_([PENDING, PROCESSING]))
+            .values(
+                status=case((pending, CANCELLED), else_=tasks.c.status),
+                cancel_requested=case((running, True), else_=tasks.c.cancel_requested),
+                finished_at=case((pending, clock), else_=tasks.c.finished_at),
+                updated_at=clock,
+            )
+            .returning(*tasks.c)
+        )
         async with self._tx() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        update(tasks)
-                        .where(tasks.c.id == task_id, tasks.c.status == PENDING)
-                        .values(status=CANCELLED, finished_at=now, updated_at=now)
-                        .returning(*tasks.c)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if row is not None:
+            row = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                await self._explain_refusal(conn, task_id, "cancelled")
+                raise AssertionError("unreachable")  # pragma: no cover
+            if row["status"] == CANCELLED:
                 await conn.execute(delete(outbox).where(outbox.c.task_id == task_id))
-                return row_to_task(row)
-            row = (
-                (
-                    await conn.execute(
-                        update(tasks)
-                        .where(tasks.c.id == task_id, tasks.c.status == PROCESSING)
-                        .values(cancel_requested=True, updated_at=now)
-                        .returning(*tasks.c)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if row is not None:
-                return row_to_task(row)
-            await self._explain_refusal(conn, task_id, "cancelled")
-        raise AssertionError("unreachable")  # pragma: no cover
+        return row_to_task(row)
 
     async def retry(self, task_id: int) -> Task:
-        now = self._now()
+        now = self._clock()
         async with self._tx() as conn:
             row = (
                 (
@@ -417,6 +478,7 @@ class SqlTaskStore(TaskStore):
                         .values(
                             status=PENDING,
                             attempts=0,
+                            worker_id=None,
                             result=None,
                             error=None,
                             traceback=None,
@@ -438,81 +500,93 @@ class SqlTaskStore(TaskStore):
         return row_to_task(row)
 
     # -- workers -------------------------------------------------------------------
-    async def claim(
-        self, task_id: int, worker_id: str, lease_seconds: float, default_max_attempts: int
-    ) -> Task | None:
-        now = self._now()
-        stmt = (
-            update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.status == PENDING, tasks.c.run_at <= now)
-            .values(
-                status=PROCESSING,
-                attempts=tasks.c.attempts + 1,
-                max_attempts=func.coalesce(tasks.c.max_attempts, default_max_attempts),
-                worker_id=worker_id,
-                lease_expires_at=self._later(lease_seconds),
-                started_at=now,
-                updated_at=now,
-            )
-            .returning(*tasks.c)
-        )
-        async with self._tx() as conn:
-            row = (await conn.execute(stmt)).mappings().first()
-        return row_to_task(row) if row else None
-
     async def claim_many(
-        self, claims: Sequence[Claim], worker_id: str, lease_seconds: float
+        self,
+        task_ids: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
     ) -> list[Task | None]:
+        if not task_ids or not handlers:
+            return [None] * len(task_ids)
+        now, clock = self._now(), self._clock()
+        default_max = case(dict(handlers), value=tasks.c.name)
         answers: list[Task | None] = []
-        for claim in claims:
-            answers.append(
-                await self.claim(
-                    claim.task_id, worker_id, lease_seconds, claim.default_max_attempts
+        async with self._tx() as conn:
+            for task_id in task_ids:
+                stmt = (
+                    update(tasks)
+                    .where(
+                        tasks.c.id == task_id,
+                        tasks.c.status == PENDING,
+                        tasks.c.run_at <= now,
+                        tasks.c.name.in_(list(handlers)),
+                    )
+                    .values(
+                        status=PROCESSING,
+                        attempts=tasks.c.attempts + 1,
+                        run_token=tasks.c.run_token + 1,
+                        max_attempts=func.coalesce(tasks.c.max_attempts, default_max),
+                        worker_id=worker_id,
+                        lease_expires_at=self._later(lease_seconds),
+                        started_at=clock,
+                        updated_at=clock,
+                    )
+                    .returning(*tasks.c)
                 )
-            )
+                row = (await conn.execute(stmt)).mappings().first()
+                answers.append(row_to_task(row) if row else None)
         return answers
 
-    def _owned(self, run: RunRef) -> ColumnElement[bool]:
+    @staticmethod
+    def _owned(run: RunRef) -> ColumnElement[bool]:
+        """The guard of every statement a run makes: still running, under its token."""
         return and_(
             tasks.c.id == run.task_id,
             tasks.c.status == PROCESSING,
-            tasks.c.attempts == run.attempt,
-            tasks.c.worker_id == run.worker_id,
+            tasks.c.run_token == run.token,
         )
 
-    async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[int, bool]:
+    async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[RunRef, bool]:
         if not runs:
             return {}
-        keys = [(run.task_id, run.attempt, run.worker_id) for run in runs]
+        keys = list({(run.task_id, run.token) for run in runs})
         stmt = (
             update(tasks)
             .where(
                 tasks.c.status == PROCESSING,
-                tuple_(tasks.c.id, tasks.c.attempts, tasks.c.worker_id).in_(keys),
+                tuple_(tasks.c.id, tasks.c.run_token).in_(keys),
             )
             .values(lease_expires_at=self._later(lease_seconds))
-            .returning(tasks.c.id, tasks.c.cancel_requested)
+            .returning(tasks.c.id, tasks.c.run_token, tasks.c.cancel_requested)
         )
         async with self._tx() as conn:
             rows = (await conn.execute(stmt)).all()
-        return {row.id: bool(row.cancel_requested) for row in rows}
+        kept = {(row.id, row.run_token): bool(row.cancel_requested) for row in rows}
+        return {run: kept[key] for run in runs if (key := (run.task_id, run.token)) in kept}
 
-    async def _finish(self, run: RunRef, **values: Any) -> bool:
-        now = self._now()
-        stmt = (
+    def _finish_stmt(self, run: RunRef, **values: Any) -> Any:
+        clock = self._clock()
+        return (
             update(tasks)
             .where(self._owned(run))
-            .values(lease_expires_at=None, finished_at=now, updated_at=now, **values)
+            .values(lease_expires_at=None, finished_at=clock, updated_at=clock, **values)
             .returning(tasks.c.id)
         )
-        async with self._tx() as conn:
-            return (await conn.execute(stmt)).first() is not None
 
-    async def complete(self, run: RunRef, result: Any) -> bool:
-        return await self._finish(run, status=DONE, result=result, error=None, traceback=None)
+    async def _finish(self, run: RunRef, **values: Any) -> bool:
+        async with self._tx() as conn:
+            return (await conn.execute(self._finish_stmt(run, **values))).first() is not None
 
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
-        return [await self.complete(run, result) for run, result in completions]
+        answers: list[bool] = []
+        async with self._tx() as conn:
+            for run, result in completions:
+                stmt = self._finish_stmt(
+                    run, status=DONE, result=result, error=None, traceback=None
+                )
+                answers.append((await conn.execute(stmt)).first() is not None)
+        return answers
 
     async def fail(self, run: RunRef, error: str, traceback: str | None) -> bool:
         return await self._finish(run, status=FAILED, error=error, traceback=traceback)
@@ -523,18 +597,18 @@ class SqlTaskStore(TaskStore):
     async def _back_to_pending(
         self, run: RunRef, run_at: ColumnElement[datetime], **values: Any
     ) -> TaskStatus | None:
-        now = self._now()
+        clock = self._clock()
         asked = tasks.c.cancel_requested  # a run asked to stop is not run again
         stmt = (
             update(tasks)
             .where(self._owned(run))
             .values(
                 status=case((asked, CANCELLED), else_=PENDING),
-                finished_at=case((asked, now), else_=None),
+                finished_at=case((asked, clock), else_=None),
                 run_at=run_at,
                 worker_id=None,
                 lease_expires_at=None,
-                updated_at=now,
+                updated_at=clock,
                 **values,
             )
             .returning(*tasks.c)
@@ -555,22 +629,104 @@ class SqlTaskStore(TaskStore):
         )
 
     async def release(self, run: RunRef) -> TaskStatus | None:
-        return await self._back_to_pending(run, self._now(), attempts=tasks.c.attempts - 1)
+        return await self._back_to_pending(run, self._clock(), attempts=tasks.c.attempts - 1)
+
+    async def dispatch_later(self, task_ids: Sequence[int], delay_seconds: float) -> list[int]:
+        if not task_ids:
+            return []
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(list(task_ids)), tasks.c.status == PENDING)
+            .values(updated_at=self._clock())
+            .returning(tasks.c.id, tasks.c.queue, tasks.c.name)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+            if rows:
+                available = self._later(delay_seconds)
+                await conn.execute(
+                    insert(outbox).values(available_at=available),
+                    [{"task_id": r.id, "queue": r.queue, "name": r.name} for r in rows],
+                )
+        return sorted(row.id for row in rows)
 
     async def fail_unrunnable(self, task_id: int, error: str) -> bool:
-        now = self._now()
+        clock = self._clock()
         stmt = (
             update(tasks)
             .where(tasks.c.id == task_id, tasks.c.status == PENDING)
-            .values(status=FAILED, error=error, finished_at=now, updated_at=now)
+            .values(status=FAILED, error=error, finished_at=clock, updated_at=clock)
             .returning(tasks.c.id)
+        )
+        async with self._tx() as conn:
+            if (await conn.execute(stmt)).first() is None:
+                return False
+            await conn.execute(delete(outbox).where(outbox.c.task_id == task_id))
+        return True
+
+    # -- the worker registry -------------------------------------------------------
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        values = {
+            "host": worker.host,
+            "pid": worker.pid,
+            "queues": list(worker.queues),
+            "handlers": list(worker.handlers),
+            "concurrency": worker.concurrency,
+            "running": worker.running,
+            "started_at": worker.started_at,
+            "last_seen_at": self._clock(),
+            "expires_at": worker.expires_at,
+        }
+        async with self._tx() as conn:
+            updated = (
+                await conn.execute(
+                    update(workers)
+                    .where(workers.c.id == worker.id)
+                    .values(**values)
+                    .returning(workers.c.id)
+                )
+            ).first()
+            if updated is None:
+                await conn.execute(insert(workers).values(id=worker.id, **values))
+
+    async def touch_worker(self, worker_id: str, running: int, lease_seconds: float) -> bool:
+        stmt = (
+            update(workers)
+            .where(workers.c.id == worker_id)
+            .values(
+                running=running,
+                last_seen_at=self._clock(),
+                expires_at=self._later(lease_seconds),
+            )
+            .returning(workers.c.id)
         )
         async with self._tx() as conn:
             return (await conn.execute(stmt)).first() is not None
 
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(delete(workers).where(workers.c.id == worker_id))
+
+    async def list_workers(self, *, include_expired: bool = False) -> list[WorkerInfo]:
+        stmt = select(workers).order_by(workers.c.started_at, workers.c.id)
+        if not include_expired:
+            stmt = stmt.where(workers.c.expires_at > self._now())
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [_worker(row) for row in rows]
+
+    async def prune_workers(self, expired_for_seconds: float) -> int:
+        stmt = (
+            delete(workers)
+            .where(workers.c.expires_at < self._ago(expired_for_seconds))
+            .returning(workers.c.id)
+        )
+        async with self._tx() as conn:
+            return len((await conn.execute(stmt)).all())
+
     # -- maintenance ---------------------------------------------------------------
     async def rescue_expired(self, limit: int) -> list[RescuedTask]:
-        now = self._now()
+        now, clock = self._now(), self._clock()
         expired = (
             select(tasks.c.id)
             .where(tasks.c.status == PROCESSING, tasks.c.lease_expires_at < now)
@@ -582,15 +738,19 @@ class SqlTaskStore(TaskStore):
         asked = tasks.c.cancel_requested  # a run asked to stop is not run again
         stmt = (
             update(tasks)
-            .where(tasks.c.id.in_(expired), tasks.c.status == PROCESSING)
+            .where(
+                tasks.c.id.in_(expired),
+                tasks.c.status == PROCESSING,
+                tasks.c.lease_expires_at < now,
+            )
             .values(
                 status=case((asked, CANCELLED), (exhausted, FAILED), else_=PENDING),
                 error="lease expired: the worker stopped heartbeating",
-                finished_at=case((or_(asked, exhausted), now), else_=None),
-                run_at=now,
+                finished_at=case((or_(asked, exhausted), clock), else_=None),
+                run_at=clock,
                 worker_id=None,
                 lease_expires_at=None,
-                updated_at=now,
+                updated_at=clock,
             )
             .returning(*tasks.c)
         )
@@ -614,16 +774,33 @@ class SqlTaskStore(TaskStore):
         async with self._tx() as conn:
             return len((await conn.execute(stmt)).all())
 
-    async def redispatch_stale(self, older_than_seconds: float, limit: int) -> int:
-        now = self._now()
+    def _stale(self, older_than_seconds: float) -> ColumnElement[bool]:
+        """Due pending tasks whose message went out at least that long ago (they became
+        due then, and nothing touched them since) and that have no outbox row."""
+        cutoff = self._ago(older_than_seconds)
+        return and_(
+            tasks.c.status == PENDING,
+            tasks.c.run_at <= cutoff,
+            tasks.c.updated_at < cutoff,
+            ~exists().where(outbox.c.task_id == tasks.c.id),
+        )
+
+    async def stale_queues(self, older_than_seconds: float) -> list[str]:
+        stmt = select(tasks.c.queue).where(self._stale(older_than_seconds)).distinct()
+        async with self._tx() as conn:
+            return sorted((await conn.execute(stmt)).scalars().all())
+
+    async def redispatch_stale(
+        self, older_than_seconds: float, limit: int, queues: Sequence[str] | None = None
+    ) -> int:
+        if queues is not None and not queues:
+            return 0
+        condition = self._stale(older_than_seconds)
+        if queues is not None:
+            condition = and_(condition, tasks.c.queue.in_(list(queues)))
         stale = (
             select(tasks.c.id)
-            .where(
-                tasks.c.status == PENDING,
-                tasks.c.run_at <= now,
-                tasks.c.updated_at < self._later(-older_than_seconds),
-                ~exists().where(outbox.c.task_id == tasks.c.id),
-            )
+            .where(condition)
             .limit(limit)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
@@ -631,7 +808,7 @@ class SqlTaskStore(TaskStore):
         stmt = (
             update(tasks)
             .where(tasks.c.id.in_(stale), tasks.c.status == PENDING)
-            .values(updated_at=now)
+            .values(updated_at=self._clock())
             .returning(tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.run_at)
         )
         async with self._tx() as conn:
@@ -653,9 +830,9 @@ class SqlTaskStore(TaskStore):
                 count(due).label("pending"),
                 count(and_(pending, tasks.c.run_at > now)).label("scheduled"),
                 count(processing).label("processing"),
-                count(
-                    and_(processing, tasks.c.started_at < self._later(-stuck_after_seconds))
-                ).label("stuck"),
+                count(and_(processing, tasks.c.started_at < self._ago(stuck_after_seconds))).label(
+                    "stuck"
+                ),
                 func.min(case((due, tasks.c.run_at), else_=None)).label("oldest_pending_at"),
             )
             .where(tasks.c.status.in_([PENDING, PROCESSING]))
@@ -663,7 +840,7 @@ class SqlTaskStore(TaskStore):
         )
         finished = (
             select(tasks.c.queue, tasks.c.status, func.count().label("n"))
-            .where(tasks.c.finished_at >= self._later(-3600))
+            .where(tasks.c.finished_at >= self._ago(3600))
             .group_by(tasks.c.queue, tasks.c.status)
         )
         async with self._tx() as conn:
@@ -725,7 +902,7 @@ class SqlTaskStore(TaskStore):
                 (
                     await conn.execute(
                         insert(api_keys)
-                        .values(name=name, scope=scope, key_hash=key_hash, created_at=self._now())
+                        .values(name=name, scope=scope, key_hash=key_hash, created_at=self._clock())
                         .returning(*API_KEY_COLUMNS)
                     )
                 )
@@ -747,7 +924,7 @@ class SqlTaskStore(TaskStore):
         stmt = (
             update(api_keys)
             .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=self._now())
+            .values(revoked_at=self._clock())
             .returning(api_keys.c.id)
         )
         async with self._tx() as conn:
@@ -762,14 +939,19 @@ class SqlTaskStore(TaskStore):
         return _api_key(row) if row else None
 
     # -- relay -----------------------------------------------------------------------
-    async def claim_outbox(self, limit: int, claim_seconds: float) -> list[OutboxEntry]:
+    async def claim_outbox(
+        self, limit: int, claim_seconds: float, *, skip_queues: Sequence[str] = ()
+    ) -> list[OutboxEntry]:
         now = self._now()
+        condition = and_(
+            outbox.c.available_at <= now,
+            or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+        )
+        if skip_queues:
+            condition = and_(condition, outbox.c.queue.not_in(list(skip_queues)))
         due = (
             select(outbox.c.id)
-            .where(
-                outbox.c.available_at <= now,
-                or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
-            )
+            .where(condition)
             .order_by(outbox.c.available_at)
             .limit(limit)
             .with_for_update(skip_locked=True)

@@ -8,18 +8,20 @@ the process (kill -9 included).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event
+from sqlalchemy import ColumnElement, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.sql.functions import Function
 
 from krolik.migrate import upgrade_async
 from krolik.store.sql import SqlTaskStore
-from krolik.store.tables import tasks
+from krolik.store.tables import Timestamp, tasks
 
 
 def sqlite_url(path: Path | str) -> str:
@@ -43,6 +45,20 @@ def _json_loads(value: bytes | str | float) -> Any:
     return orjson.loads(value)
 
 
+NOW_FUNCTION = "krolik_now"
+LATER_FUNCTION = "krolik_later"
+STORAGE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+"""How SQLAlchemy stores a DateTime in SQLite: text that sorts as time does."""
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).strftime(STORAGE_FORMAT)
+
+
+def _later_text(seconds: float | None) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds or 0)).strftime(STORAGE_FORMAT)
+
+
 def create_engine(path: Path | str) -> AsyncEngine:
     engine = create_async_engine(
         sqlite_url(path),
@@ -62,16 +78,38 @@ def create_engine(path: Path | str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
+        dbapi_connection.create_function(NOW_FUNCTION, 0, _now_text)
+        dbapi_connection.create_function(LATER_FUNCTION, 1, _later_text)
 
     return engine
 
 
 class SqliteTaskStore(SqlTaskStore):
-    """One file, one writer; migrated to the current schema when opened."""
+    """One file, one writer; migrated to the current schema when opened.
+
+    Times are SQLite functions of the connection (``krolik_now``, ``krolik_later``),
+    evaluated when the statement runs: transactions take turns on one connection, and a
+    lease computed before the wait for it would be short by that wait.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         super().__init__(create_engine(self.path))
+
+    def sibling(self) -> SqliteTaskStore:
+        return SqliteTaskStore(self.path)
+
+    def _now(self) -> ColumnElement[datetime]:
+        return Function(NOW_FUNCTION, type_=Timestamp)
+
+    def _clock(self) -> ColumnElement[datetime]:
+        return Function(NOW_FUNCTION, type_=Timestamp)
+
+    def _later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        return Function(LATER_FUNCTION, seconds, type_=Timestamp)
+
+    def _ago(self, seconds: float) -> ColumnElement[datetime]:
+        return self._later(-seconds)
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

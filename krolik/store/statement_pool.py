@@ -26,6 +26,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from krolik.store.failures import Failure, classify
+
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
@@ -50,9 +52,11 @@ class StatementPool:
         connection = await self._acquire()
         try:
             records: list[asyncpg.Record] = await connection.fetch(sql, *args)
-        except asyncpg.PostgresError:
-            # The server refused the statement; the connection is fine unless it closed.
-            if connection.is_closed():
+        except asyncpg.PostgresError as exc:
+            # The server refused the statement; the connection is fine unless it closed,
+            # or its server can no longer serve us (e.g. a primary demoted to read-only:
+            # the idle ones reach the same server, and a new one may find the new primary).
+            if connection.is_closed() or classify(exc) is Failure.UNAVAILABLE:
                 self._discard(connection, stale_idle=True)
             else:
                 self._release(connection)

@@ -55,12 +55,21 @@ tasks = Table(
     Column("max_attempts", Integer, nullable=True),
     Column("timeout_seconds", Float, nullable=True),
     Column("idempotency_key", Text, nullable=True),
+    # Keys are unique per caller (the API key's name, '' without authentication), and
+    # remember a fingerprint of the request that created the task: the same key sent
+    # with another body is refused (409), as payment APIs do.
+    Column("idempotency_scope", Text, nullable=True),
+    Column("request_hash", Text, nullable=True),
     # The HTTP request that created the task (carried into the worker's logs), and the
     # name of the API key it came with (None without authentication).
     Column("request_id", Text, nullable=True),
     Column("created_by", Text, nullable=True),
     Column("worker_id", Text, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    # The fencing token of the current (or last) run: every claim takes the next one and
+    # nothing ever lowers it, so a stale run, whatever else it shares with the current
+    # one (attempt number, worker), never matches the guard of a newer run's statements.
+    Column("run_token", BigInteger, nullable=False, server_default=text("0")),
     Column("run_at", Timestamp, nullable=False),
     Column("lease_expires_at", Timestamp, nullable=True),
     Column("created_at", Timestamp, nullable=False),
@@ -70,7 +79,12 @@ tasks = Table(
     CheckConstraint(f"status IN ({_status_list})", name="status"),
     CheckConstraint("attempts >= 0", name="attempts"),
     CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
-    Index("ix_krolik_tasks_idempotency_key", "idempotency_key", unique=True),
+    Index(
+        "ix_krolik_tasks_idempotency_scope_idempotency_key",
+        "idempotency_scope",
+        "idempotency_key",
+        unique=True,
+    ),
     Index("ix_krolik_tasks_queue_status", "queue", "status"),
     Index("ix_krolik_tasks_status_id", "status", "id"),
     Index("ix_krolik_tasks_name_id", "name", "id"),
@@ -123,4 +137,21 @@ api_keys = Table(
     CheckConstraint("scope IN ('read', 'submit', 'admin')", name="scope"),
     Index("ix_krolik_api_keys_name", "name", unique=True),
     Index("ix_krolik_api_keys_key_hash", "key_hash", unique=True),
+)
+
+workers = Table(
+    "krolik_workers",
+    metadata,
+    # A worker process while it lives: what it serves, and until when it counts as alive
+    # (each heartbeat moves ``expires_at`` on; a clean stop deletes the row).
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", JsonValue, nullable=False),
+    Column("handlers", JsonValue, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("running", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", Timestamp, nullable=False),
+    Column("last_seen_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
 )

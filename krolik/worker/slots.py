@@ -22,6 +22,11 @@ class Slots:
         self._woken = 0
         """Waiters woken but not yet run: a free slot is kept for each."""
 
+    @property
+    def ready(self) -> bool:
+        """Whether ``take`` would return at once (a free slot nobody waits for)."""
+        return not self._waiters and not self._woken and self.free > 0
+
     async def take(self, most: int) -> int:
         """Wait for a free slot, then take up to ``most`` of the free ones; say how many."""
         if self._waiters or self._woken or self.free <= 0:

@@ -24,6 +24,13 @@ from krolik.store.base import TaskStore
 from krolik.store.postgres import PostgresTaskStore
 from krolik.store.sqlite import SqliteTaskStore
 from tests.conftest import test_settings
+from tests.contract.deployment import (
+    MODES,
+    Deployment,
+    StartWorker,
+    make_deployment,
+    worker_starter,
+)
 
 STORES = ["postgres", "sqlite"]
 BROKERS = ["rabbitmq", "memory"]
@@ -95,3 +102,16 @@ async def memory_broker() -> AsyncIterator[MemoryBroker]:
 def any_broker(request: pytest.FixtureRequest) -> Broker:
     broker: Broker = request.getfixturevalue(f"{request.param}_broker")
     return broker
+
+
+@pytest.fixture(params=MODES, ids=MODES)
+def deployment(request: pytest.FixtureRequest, run_id: str) -> Deployment:
+    """The store and broker of one deployment mode (see ``deployment.py``)."""
+    return make_deployment(request, run_id)
+
+
+@pytest.fixture
+async def start_worker(deployment: Deployment) -> AsyncIterator[StartWorker]:
+    """Workers on the deployment's store and broker; all are stopped at the end."""
+    async for factory in worker_starter(deployment):
+        yield factory

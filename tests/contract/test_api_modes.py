@@ -143,11 +143,36 @@ async def test_a_delayed_task_runs_after_its_delay(client: httpx.AsyncClient) ->
 
 async def test_an_idempotency_key_creates_one_task(client: httpx.AsyncClient) -> None:
     first = await submit(client, payload="once", idempotency_key="order-17")
-    again = await submit(client, 200, payload="twice", idempotency_key="order-17")
+    again = await submit(client, 200, idempotency_key="order-17", payload="once")
     assert again["task_id"] == first["task_id"]
     assert again["payload"] == "once"
     listed = (await client.get("/tasks", params={"limit": 100})).json()["items"]
     assert [task["id"] for task in listed].count(first["task_id"]) == 1
+
+
+async def test_an_idempotency_key_sent_with_another_body_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await submit(client, payload="once", idempotency_key="order-18")
+    response = await client.post(
+        "/tasks/", json={"payload": "twice", "idempotency_key": "order-18"}
+    )
+    assert response.status_code == 409, response.text
+    assert "order-18" in response.json()["detail"]
+    assert "different request body" in response.json()["detail"]
+    batch = await client.post(
+        "/tasks/batch",
+        json={
+            "tasks": [
+                {"payload": "new", "idempotency_key": "order-19"},
+                {"payload": "twice", "idempotency_key": "order-18"},
+            ]
+        },
+    )
+    assert batch.status_code == 409, batch.text
+    listed = (await client.get("/tasks", params={"limit": 100})).json()["items"]
+    assert [task["idempotency_key"] for task in listed] == ["order-18"], "the batch wrote nothing"
+    assert (await client.get(f"/tasks/{first['task_id']}")).json()["payload"] == "once"
 
 
 async def test_a_pending_task_can_be_cancelled(client: httpx.AsyncClient) -> None:
@@ -187,3 +212,36 @@ async def test_an_unknown_task_is_not_found(client: httpx.AsyncClient) -> None:
     assert response.json()["detail"]
     assert (await client.post("/tasks/987654321/cancel")).status_code == 404
     assert (await client.post("/tasks/987654321/retry")).status_code == 404
+
+
+async def test_workers_are_listed_with_what_they_serve(client: httpx.AsyncClient) -> None:
+    response = await client.get("/workers")
+    assert response.status_code == 200, response.text
+    [worker] = response.json()
+    assert worker["queues"] == ["default"]
+    assert {"echo", "default", FAILING} <= set(worker["handlers"])
+    assert worker["alive"] is True
+    assert worker["concurrency"] >= 1
+    assert stamp(worker["expires_at"]) > stamp(worker["last_seen_at"])
+    assert (await client.get("/workers", params={"all": "true"})).json()[0]["id"] == worker["id"]
+
+
+async def test_a_pending_task_says_why_it_waits(client: httpx.AsyncClient) -> None:
+    later = await submit(client, payload=1, delay_seconds=600)
+    nobody = await submit(client, payload=2, name="contract.nobody_has_this")
+    elsewhere = await submit(client, payload=3, queue="elsewhere")
+
+    async def reason(task: dict[str, Any]) -> str | None:
+        detail = (await client.get(f"/tasks/{task['task_id']}")).json()
+        assert detail["status"] == "pending", detail
+        value: str | None = detail["waiting_reason"]
+        return value
+
+    assert (await reason(later)).startswith("scheduled: due at ")
+    assert await reason(nobody) == (
+        "no live worker of queue 'default' has a handler named 'contract.nobody_has_this'"
+    )
+    assert await reason(elsewhere) == "no live worker consumes queue 'elsewhere'"
+    done = await submit(client, payload=4)
+    finished = await wait_for(client, done["task_id"], "done")
+    assert finished["waiting_reason"] is None

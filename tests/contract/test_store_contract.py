@@ -13,17 +13,27 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from krolik.errors import InvalidTransition, TaskNotFound
 from krolik.states import TaskStatus
-from krolik.store.base import Claim, NewTask, OutboxEntry, RunRef, Task, TaskFilter, TaskStore
+from krolik.store.base import NewTask, OutboxEntry, RunRef, Task, TaskFilter, TaskStore
 from krolik.store.sql import SqlTaskStore
 from krolik.store.tables import tasks
 
 T = TypeVar("T")
 
 DEFAULT_MAX_ATTEMPTS = 3
+NAMES = ("echo", "report", "alpha", "beta", "job0", "job1", "job2")
+"""Every handler name the tests' tasks use."""
+
+
+def handlers(default_max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, int]:
+    """A worker's handlers, for claims: each name the tests use, with its default."""
+    return dict.fromkeys(NAMES, default_max_attempts)
+
+
+HANDLERS = handlers()
 LEASE = 30.0
 CLAIM = 30.0
 WORKER = "worker-a"
@@ -45,9 +55,9 @@ async def take(
     lease: float = LEASE,
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> tuple[Task, RunRef]:
-    claimed = await store.claim(task.id, worker, lease, default_max_attempts)
+    claimed = await store.claim(task.id, worker, lease, handlers(default_max_attempts))
     assert claimed is not None, f"task {task.id} was not claimable"
-    return claimed, RunRef(claimed.id, claimed.attempts, worker)
+    return claimed, RunRef.of(claimed)
 
 
 async def current(store: TaskStore, task_id: int) -> Task:
@@ -193,7 +203,7 @@ async def test_a_delayed_task_is_claimable_only_when_due(any_store: TaskStore) -
     assert task.run_at >= before + timedelta(seconds=delay)
     assert near(task.run_at, before + timedelta(seconds=delay))
 
-    assert await any_store.claim(task.id, WORKER, LEASE, DEFAULT_MAX_ATTEMPTS) is None
+    assert await any_store.claim(task.id, WORKER, LEASE, HANDLERS) is None
     assert await any_store.claim_outbox(100, CLAIM) == []
     assert (await current(any_store, task.id)).status is TaskStatus.PENDING
 
@@ -216,7 +226,7 @@ async def test_run_at_is_kept_as_the_same_instant_in_any_zone(any_store: TaskSto
     assert (await current(any_store, future.id)).run_at == later
     assert past.run_at == earlier
 
-    assert await any_store.claim(future.id, WORKER, LEASE, DEFAULT_MAX_ATTEMPTS) is None
+    assert await any_store.claim(future.id, WORKER, LEASE, HANDLERS) is None
     await take(any_store, past)
     assert await due_outbox(any_store) == [past.id]
 
@@ -236,9 +246,9 @@ async def test_claim_takes_a_lease(any_store: TaskStore) -> None:
     assert claimed.started_at >= claimed.created_at
     assert await current(any_store, task.id) == claimed
 
-    assert await any_store.claim(task.id, OTHER_WORKER, LEASE, DEFAULT_MAX_ATTEMPTS) is None
-    assert await any_store.claim(task.id, WORKER, LEASE, DEFAULT_MAX_ATTEMPTS) is None
-    assert await any_store.claim(987_654, WORKER, LEASE, DEFAULT_MAX_ATTEMPTS) is None
+    assert await any_store.claim(task.id, OTHER_WORKER, LEASE, HANDLERS) is None
+    assert await any_store.claim(task.id, WORKER, LEASE, HANDLERS) is None
+    assert await any_store.claim(987_654, WORKER, LEASE, HANDLERS) is None
     assert await current(any_store, task.id) == claimed
 
 
@@ -271,10 +281,9 @@ async def test_a_run_is_finished_only_by_its_owner_and_only_once(
     await drain_outbox(any_store)
     claimed, run = await take(any_store, task)
     stale = [
-        RunRef(run.task_id, run.attempt - 1, run.worker_id),
-        RunRef(run.task_id, run.attempt + 1, run.worker_id),
-        RunRef(run.task_id, run.attempt, OTHER_WORKER),
-        RunRef(999_999, run.attempt, run.worker_id),
+        RunRef(run.task_id, run.token - 1, run.attempt, run.worker_id),
+        RunRef(run.task_id, run.token + 1, run.attempt, run.worker_id),
+        RunRef(999_999, run.token, run.attempt, run.worker_id),
     ]
     refused = None if action in BACK_TO_PENDING else False
     for ref in stale:
@@ -293,11 +302,10 @@ async def test_a_run_is_finished_only_by_its_owner_and_only_once(
 
 async def test_finishing_writes_the_outcome(any_store: TaskStore) -> None:
     done, failed, cancelled = [await add(any_store) for _ in range(3)]
-    for task in (done, failed, cancelled):
-        await take(any_store, task)
-    assert await any_store.complete(RunRef(done.id, 1, WORKER), {"answer": 42})
-    assert await any_store.fail(RunRef(failed.id, 1, WORKER), "ValueError: boom", "Traceback")
-    assert await any_store.mark_cancelled(RunRef(cancelled.id, 1, WORKER))
+    runs = [(await take(any_store, task))[1] for task in (done, failed, cancelled)]
+    assert await any_store.complete(runs[0], {"answer": 42})
+    assert await any_store.fail(runs[1], "ValueError: boom", "Traceback")
+    assert await any_store.mark_cancelled(runs[2])
 
     done = await current(any_store, done.id)
     assert (done.status, done.result, done.error) == (TaskStatus.DONE, {"answer": 42}, None)
@@ -363,14 +371,14 @@ async def test_heartbeat_extends_owned_leases_and_reports_cancel_requests(
         [
             mine_run,
             cancelled_run,
-            RunRef(theirs.id, theirs.attempts, WORKER),  # not ours
-            RunRef(mine.id, mine.attempts + 1, WORKER),  # not this attempt
+            RunRef(theirs.id, theirs.run_token + 1, theirs.attempts, WORKER),  # not its token
+            RunRef(mine.id, mine.run_token - 1, mine.attempts, WORKER),  # an older run's
             finished_run,  # no longer running
-            RunRef(999_999, 1, WORKER),  # no such task
+            RunRef(999_999, 1, 1, WORKER),  # no such task
         ],
         LEASE * 10,
     )
-    assert answer == {mine.id: False, cancelled.id: True}
+    assert answer == {mine_run: False, cancelled_run: True}
     extended = await current(any_store, mine.id)
     assert extended.lease_expires_at is not None
     assert mine.lease_expires_at is not None
@@ -446,7 +454,7 @@ async def test_retry_later_moves_run_at_by_the_delay(any_store: TaskStore) -> No
     assert near(waiting.run_at, before + timedelta(seconds=delay))
 
     assert await any_store.claim_outbox(100, CLAIM) == []
-    assert await any_store.claim(task.id, WORKER, LEASE, DEFAULT_MAX_ATTEMPTS) is None
+    assert await any_store.claim(task.id, WORKER, LEASE, HANDLERS) is None
     entries = await eventually(lambda: any_store.claim_outbox(100, CLAIM))
     assert datetime.now(UTC) >= waiting.run_at
     assert [entry.task_id for entry in entries] == [task.id]
@@ -462,7 +470,7 @@ async def test_cancel_a_pending_task(any_store: TaskStore) -> None:
     assert cancelled.finished_at is not None
     assert await current(any_store, task.id) == cancelled
     assert await due_outbox(any_store) == [other.id]
-    assert await any_store.claim(task.id, WORKER, LEASE, DEFAULT_MAX_ATTEMPTS) is None
+    assert await any_store.claim(task.id, WORKER, LEASE, HANDLERS) is None
 
 
 async def test_cancel_a_running_task_asks_it_to_stop(any_store: TaskStore) -> None:
@@ -470,7 +478,7 @@ async def test_cancel_a_running_task_asks_it_to_stop(any_store: TaskStore) -> No
     _, run = await take(any_store, task)
     asked = await any_store.cancel(task.id)
     assert (asked.status, asked.cancel_requested) == (TaskStatus.PROCESSING, True)
-    assert await any_store.heartbeat([run], LEASE) == {task.id: True}
+    assert await any_store.heartbeat([run], LEASE) == {run: True}
     assert await any_store.mark_cancelled(run)
     assert (await current(any_store, task.id)).status is TaskStatus.CANCELLED
 
@@ -655,18 +663,29 @@ async def test_outbox_ids_are_never_reused(any_store: TaskStore) -> None:
 async def test_redispatch_stale_gives_a_lost_task_an_outbox_row(any_store: TaskStore) -> None:
     lost = await add(any_store)
     recent = await add(any_store)
+    due_lately = await add(any_store)  # made long ago, due (so published) only lately
+    elsewhere = await add(any_store, queue="other")
     await drain_outbox(any_store)  # published, then the messages were lost
     queued = await add(any_store)  # still has its outbox row
     future = await add(any_store, delay_seconds=3600)  # not due
-    for task in (lost, queued, future):
-        await backdate(any_store, task.id, updated_at=timedelta(hours=1))
+    for task in (lost, queued, future, elsewhere):
+        await backdate(any_store, task.id, updated_at=timedelta(hours=1), run_at=timedelta(hours=1))
+    await backdate(any_store, due_lately.id, updated_at=timedelta(hours=1))
+    await backdate(any_store, future.id, run_at=-timedelta(hours=1))
 
+    assert await any_store.stale_queues(7200) == []
+    assert await any_store.stale_queues(60) == ["default", "other"]
     assert await any_store.redispatch_stale(7200, 100) == 0
-    assert await any_store.redispatch_stale(60, 100) == 1
+    assert await any_store.redispatch_stale(60, 100, []) == 0
+    assert await any_store.redispatch_stale(60, 100, ["default"]) == 1
     assert await due_outbox(any_store) == [lost.id, queued.id]
     assert (await current(any_store, lost.id)).status is TaskStatus.PENDING
-    assert await any_store.redispatch_stale(60, 100) == 0
+    assert await any_store.redispatch_stale(60, 100, ["default"]) == 0
     assert recent.id not in await due_outbox(any_store)
+    assert due_lately.id not in await due_outbox(any_store)
+    assert await any_store.stale_queues(60) == ["other"]
+    assert await any_store.redispatch_stale(60, 100) == 1
+    assert await any_store.stale_queues(60) == []
 
 
 # -- operator views --------------------------------------------------------------------
@@ -676,10 +695,9 @@ async def test_queue_stats_count_each_queue(any_store: TaskStore) -> None:
     await add(any_store, queue="q1")
     await add(any_store, queue="q1", delay_seconds=3600)
     running, stuck, done = [await add(any_store, queue="q2") for _ in range(3)]
-    for task in (running, stuck, done):
-        await take(any_store, task)
+    runs = [(await take(any_store, task))[1] for task in (running, stuck, done)]
     await backdate(any_store, stuck.id, started_at=timedelta(minutes=10))
-    assert await any_store.complete(RunRef(done.id, 1, WORKER), None)
+    assert await any_store.complete(runs[2], None)
     failed = await add(any_store, queue="q3")
     assert await any_store.fail_unrunnable(failed.id, "no handler")
 
@@ -793,15 +811,7 @@ async def test_claim_many_claims_each_due_task_once_in_order(any_store: TaskStor
     first, second = await add(any_store), await add(any_store, max_attempts=7)
     later = await add(any_store, delay_seconds=3600)
     answers = await any_store.claim_many(
-        [
-            Claim(second.id, 2),
-            Claim(first.id, 2),
-            Claim(first.id, 2),
-            Claim(later.id, 2),
-            Claim(10**12, 2),
-        ],
-        WORKER,
-        LEASE,
+        [second.id, first.id, first.id, later.id, 10**12], WORKER, LEASE, handlers(2)
     )
     assert [a.id if a else None for a in answers] == [second.id, first.id, None, None, None]
     claimed_second, claimed_first = answers[0], answers[1]
@@ -819,8 +829,8 @@ async def test_complete_many_finishes_only_runs_still_owned(any_store: TaskStore
     _, run_a = await take(any_store, a)
     _, run_b = await take(any_store, b)
     _, run_c = await take(any_store, c)
-    stale = RunRef(run_b.task_id, run_b.attempt + 1, run_b.worker_id)
-    other = RunRef(run_c.task_id, run_c.attempt, "someone-else")
+    stale = RunRef(run_b.task_id, run_b.token + 1, run_b.attempt, run_b.worker_id)
+    other = RunRef(run_c.task_id, run_c.token - 1, run_c.attempt, run_c.worker_id)
     answers = await any_store.complete_many([(run_a, {"ok": 1}), (stale, "no"), (other, "no")])
     assert answers == [True, False, False]
     done = await current(any_store, a.id)
@@ -831,3 +841,43 @@ async def test_complete_many_finishes_only_runs_still_owned(any_store: TaskStore
     for untouched in (b.id, c.id):
         assert (await current(any_store, untouched)).status is TaskStatus.PROCESSING
     assert await any_store.complete_many([(run_a, "again")]) == [False]
+
+
+# -- times and transactions of the embedded store -----------------------------------------
+async def test_a_lease_counts_from_when_the_claim_runs_not_from_when_it_waited(
+    sqlite_store: SqlTaskStore,
+) -> None:
+    """SQLite has one connection: a claim may wait for it behind another transaction. Its
+    lease is counted from the moment it runs, so the wait does not shorten it."""
+    task = await add(sqlite_store)
+    lease = 2.0
+    async with sqlite_store.engine.begin() as conn:  # the store's one connection, held
+        claiming = asyncio.create_task(sqlite_store.claim(task.id, WORKER, lease, HANDLERS))
+        await asyncio.sleep(1.0)
+        await conn.execute(update(tasks).where(tasks.c.id == -1).values(attempts=0))
+    claimed = await claiming
+    returned = datetime.now(UTC)
+    assert claimed is not None
+    assert claimed.lease_expires_at is not None
+    left = (claimed.lease_expires_at - returned).total_seconds()
+    assert left > lease - 0.3, f"the lease has only {left:.2f} s left on return"
+
+
+async def test_many_claims_and_completions_are_one_transaction_each(
+    sqlite_store: SqlTaskStore,
+) -> None:
+    added = [await add(sqlite_store) for _ in range(5)]
+    begun: list[object] = []
+
+    def on_begin(connection: object) -> None:
+        begun.append(connection)
+
+    event.listen(sqlite_store.engine.sync_engine, "begin", on_begin)
+    try:
+        claimed = await sqlite_store.claim_many([t.id for t in added], WORKER, LEASE, HANDLERS)
+        assert len(begun) == 1
+        runs = [RunRef.of(task) for task in claimed if task is not None]
+        assert await sqlite_store.complete_many([(run, 1) for run in runs]) == [True] * 5
+        assert len(begun) == 2
+    finally:
+        event.remove(sqlite_store.engine.sync_engine, "begin", on_begin)

@@ -15,118 +15,30 @@ Tasks that must stay running block on a semaphore the test releases, never on ti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
 
-from krolik.broker.base import Broker, Delivery, TaskMessage
+from krolik.broker.base import Delivery, TaskMessage
 from krolik.broker.memory import MemoryBroker
-from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER
 from krolik.builtin_tasks import builtin_registry
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay
-from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, Task, TaskStore
+from krolik.store.base import Task, TaskStore
 from krolik.store.sqlite import SqliteTaskStore
 from krolik.worker import Worker
-from tests.conftest import AMQP_URL, test_settings, wait_for_task
-from tests.support.amqp import publish_raw
+from tests.conftest import test_settings, wait_for_task
+from tests.contract.deployment import Deployment, StartWorker
 from tests.support.waiting import wait_until
 
-MODES = ["production", "embedded"]
 GATED = "packed.gated"
 UNKNOWN = "packed.no_such_handler"
 MISSING_ID = 987_654_321
-
-
-@dataclass
-class Deployment:
-    store: TaskStore
-    broker: Broker
-    settings: Settings
-
-    @property
-    def queue(self) -> str:
-        return self.settings.default_queue
-
-    async def ready(self, queue: str | None = None) -> int:
-        """Messages waiting in a queue (not those a consumer holds)."""
-        info = await self.broker.inspect_queue(queue or self.queue)
-        return 0 if info is None else info.messages
-
-    async def publish_raw(self, body: bytes) -> None:
-        """Any body onto the default queue, as any client could put it there."""
-        if isinstance(self.broker, MemoryBroker):
-            await self.broker.publish_raw(self.queue, body)
-            return
-        assert isinstance(self.broker, RabbitMQBroker)
-        await publish_raw(AMQP_URL, self.broker.topology, self.queue, body)
-
-    async def enqueue(
-        self, name: str, payloads: Sequence[Any], queue: str | None = None
-    ) -> list[Task]:
-        new = [NewTask(name=name, queue=queue or self.queue, payload=p) for p in payloads]
-        return [enqueued.task for enqueued in await self.store.enqueue(new)]
-
-
-@pytest.fixture(params=MODES, ids=MODES)
-def deployment(request: pytest.FixtureRequest, run_id: str) -> Deployment:
-    """The store and the broker of one mode (the services of the other are not needed)."""
-    if request.param == "production":
-        return Deployment(
-            request.getfixturevalue("postgres_store"),
-            request.getfixturevalue("rabbitmq_broker"),
-            request.getfixturevalue("settings"),
-        )
-    return Deployment(
-        request.getfixturevalue("sqlite_store"),
-        request.getfixturevalue("memory_broker"),
-        test_settings("unused", run_id),
-    )
-
-
-class Traced(Worker):
-    """A worker that counts the deliveries it is done with (acked, dead-lettered or given
-    back): stopping it before would give back a message it was about to ack."""
-
-    handled = 0
-
-    async def _on_delivery(self, delivery: Delivery) -> None:
-        try:
-            await super()._on_delivery(delivery)
-        finally:
-            self.handled += 1
-
-
-StartWorker = Callable[..., Awaitable[Traced]]
-
-
-@pytest.fixture
-async def start_worker(deployment: Deployment) -> AsyncIterator[StartWorker]:
-    """Workers on the deployment's store and broker; all are stopped at the end."""
-    started: list[Traced] = []
-
-    async def factory(registry: Registry | None = None, **kwargs: Any) -> Traced:
-        worker = Traced(
-            deployment.store,
-            deployment.broker,
-            builtin_registry.merged(registry or Registry()),
-            deployment.settings,
-            **kwargs,
-        )
-        await worker.start()
-        started.append(worker)
-        return worker
-
-    yield factory
-    for worker in started:
-        if worker.accepting:
-            await worker.stop(grace_seconds=1)
 
 
 @dataclass
@@ -163,6 +75,11 @@ def started_count(gate: Gate, count: int) -> Callable[[], bool]:
     return lambda: len(gate.started) == count
 
 
+def fail_at_once(deployment: Deployment) -> None:
+    """Tasks whose handler no live worker has fail on receipt instead of waiting for one."""
+    deployment.settings.worker.unserved_fail_after_seconds = 1e-6
+
+
 async def statuses(store: TaskStore, tasks: Sequence[Task]) -> list[TaskStatus]:
     found = [await store.get(task.id) for task in tasks]
     return [task.status for task in found if task is not None]
@@ -173,7 +90,10 @@ async def test_a_packed_message_of_good_unknown_missing_and_duplicate_tasks(
     deployment: Deployment, start_worker: StartWorker
 ) -> None:
     """Each task of the message gets what a single-task message would have got, and the
-    message itself is acked once: nothing is redelivered, nothing dead-lettered twice."""
+    message itself is acked once: nothing is redelivered, nothing dead-lettered twice.
+    (No worker has the unknown handler, and its task is due for longer than the worker
+    waits for one.)"""
+    fail_at_once(deployment)
     [echo] = await deployment.enqueue("echo", [{"say": "hi"}])
     [unknown] = await deployment.enqueue(UNKNOWN, [2])
     assert await deployment.store.get(MISSING_ID) is None
@@ -200,8 +120,8 @@ async def test_a_packed_message_of_good_unknown_missing_and_duplicate_tasks(
     unknown_body = TaskMessage(unknown.id, UNKNOWN, deployment.queue).encode()
     missing_body = TaskMessage(MISSING_ID, "echo", deployment.queue).encode()
     assert set(dead) == {unknown_body, missing_body}  # single-task bodies, not the packed one
-    assert dead[unknown_body][REASON_HEADER] == (
-        f"no handler is registered under the name {UNKNOWN!r}"
+    assert dead[unknown_body][REASON_HEADER].startswith(
+        f"no live worker has a handler named {UNKNOWN!r} for queue {deployment.queue!r}"
     )
     assert dead[missing_body][REASON_HEADER] == f"task {MISSING_ID} does not exist"
     assert {headers[ORIGIN_HEADER] for headers in dead.values()} == {deployment.queue}
@@ -215,6 +135,7 @@ async def test_a_packed_message_of_unknown_handlers_only_is_acked(
     deployment: Deployment, start_worker: StartWorker
 ) -> None:
     """No task left to claim: every one is failed and dead-lettered, the message acked."""
+    fail_at_once(deployment)
     unknown = await deployment.enqueue(UNKNOWN, [1, 2, 3])
     worker = await start_worker()
     await deployment.broker.publish(
@@ -238,6 +159,7 @@ async def test_a_packed_message_naming_one_unknown_task_is_dead_lettered_whole(
 ) -> None:
     """A one-task message in the packed form goes aside as it came (dead_letter, not a
     part), so that the dead-letter queue holds what was received."""
+    fail_at_once(deployment)
     [unknown] = await deployment.enqueue(UNKNOWN, [1])
     body = orjson.dumps({"queue": deployment.queue, "tasks": [[unknown.id, UNKNOWN]]})
     worker = await start_worker()
@@ -392,6 +314,7 @@ async def test_a_packed_message_not_fully_claimed_goes_back_when_the_worker_stop
 async def test_a_redelivered_packed_message_does_not_dead_letter_a_task_twice(
     deployment: Deployment, start_worker: StartWorker
 ) -> None:
+    fail_at_once(deployment)
     gate = Gate()
     [unknown] = await deployment.enqueue(UNKNOWN, [0])
     tasks = await deployment.enqueue(GATED, [1, 2])
@@ -486,3 +409,42 @@ def test_the_prefetch_counts_messages_for_about_max_prefetch_concurrency_tasks(
         concurrency=concurrency,
     )
     assert worker.prefetch_messages() == expected
+
+
+async def test_tasks_waiting_too_long_for_a_slot_are_handed_back_and_the_message_acked(
+    deployment: Deployment, start_worker: StartWorker
+) -> None:
+    """One slot, a long first task: the rest of its packed message would wait unacked as
+    long as it runs, into RabbitMQ's consumer timeout for long tasks. After hold_seconds
+    they go back to the store for any worker, and the message is acked."""
+    deployment.settings.worker.hold_seconds = 0.5
+    relay = OutboxRelay(deployment.store, deployment.broker, deployment.settings.relay)
+    relay.start()
+    try:
+        gate = Gate()
+        tasks = await deployment.enqueue(GATED, [1, 2, 3])
+        await drain(deployment)
+        first = await start_worker(gate.registry(), concurrency=1)
+        await deployment.broker.publish(
+            [TaskMessage(task.id, GATED, deployment.queue) for task in tasks], per_message=3
+        )
+        # Handed back, they come to this worker again (it is the only one) and go back
+        # again after another hold: they wait in the store, not in an unacked message.
+        await wait_until(lambda: first.stats.handed_back >= 2, what="two tasks handed back")
+        await wait_until(lambda: first.handled >= 1, what="the message is acked")
+        assert gate.started == [1]
+        second = await start_worker(gate.registry(), concurrency=2)
+        await wait_until(lambda: sorted(gate.started) == [1, 2, 3], what="the others start")
+        gate.release(3)
+        for task in tasks:
+            finished = await wait_for_task(deployment.store, task.id, TaskStatus.DONE)
+            assert finished.attempts == 1
+        assert (first.stats.claimed, second.stats.claimed) == (1, 2)
+    finally:
+        await relay.stop()
+
+
+async def drain(deployment: Deployment) -> None:
+    """Forget the outbox rows of what the test enqueued: it publishes its own message."""
+    entries = await deployment.store.claim_outbox(1000, 30)
+    await deployment.store.delete_outbox([entry.id for entry in entries])

@@ -246,3 +246,23 @@ async def test_cli_keys_create_list_revoke(make_client: AppClient, settings: Set
 
     again = await asyncio.to_thread(_cli, settings, "revoke", name)
     assert again.returncode != 0
+
+
+async def test_idempotency_keys_belong_to_their_caller(make_client: AppClient, make_key: MakeKey):
+    """Two callers who happen to choose the same key each get their own task, and never
+    see the other's payload or result."""
+    alice, bob = await make_key("submit"), await make_key("submit")
+    api = await make_client(auth=AUTH_ON)
+    body = {"payload": {"card": "alice's"}, "idempotency_key": "order-1"}
+    first = await api.post("/tasks/", json=body, headers=alice.headers)
+    assert first.status_code == 201, first.text
+    theirs = await api.post(
+        "/tasks/",
+        json={"payload": {"card": "bob's"}, "idempotency_key": "order-1"},
+        headers=bob.headers,
+    )
+    assert theirs.status_code == 201, "bob's key is his own, not alice's task"
+    assert theirs.json()["id"] != first.json()["id"]
+    assert theirs.json()["payload"] == {"card": "bob's"}
+    again = await api.post("/tasks/", json=body, headers=alice.headers)
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])

@@ -107,6 +107,7 @@ async def test_malformed_message_is_dead_lettered(
 async def test_unknown_handler_is_dead_lettered_and_its_task_failed(
     make_worker: MakeWorker, store: TaskStore, settings: Settings
 ):
+    settings.worker.unserved_fail_after_seconds = 1e-6  # no waiting for another worker
     [enqueued] = await store.enqueue(
         [NewTask(name="no.such.handler", queue=settings.default_queue, payload=1)]
     )

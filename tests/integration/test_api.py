@@ -133,10 +133,13 @@ async def test_ids_unknown_or_out_of_range(api, method, path):
 async def test_an_idempotency_key_creates_one_task(api, store):
     first = await api.post("/tasks", json={"payload": {"order": 42}, "idempotency_key": "o-42"})
     assert first.status_code == 201
-    second = await api.post("/tasks", json={"payload": {"order": 43}, "idempotency_key": "o-42"})
+    second = await api.post("/tasks", json={"idempotency_key": "o-42", "payload": {"order": 42}})
     assert second.status_code == 200
     assert second.json()["id"] == first.json()["id"]
-    assert second.json()["payload"] == {"order": 42}, "the first request's task, unchanged"
+    changed = await api.post("/tasks", json={"payload": {"order": 43}, "idempotency_key": "o-42"})
+    assert changed.status_code == 409, "the same key with another body is refused"
+    assert "o-42" in changed.json()["detail"]
+    assert (await api.get(f"/tasks/{first.json()['id']}")).json()["payload"] == {"order": 42}
     assert await count_tasks(store) == 1
     assert await outbox_count(store) <= 1
 
@@ -147,11 +150,17 @@ async def test_an_idempotency_key_creates_one_task(api, store):
 
 async def test_concurrent_requests_with_one_idempotency_key_create_one_task(api, store):
     responses = await asyncio.gather(
-        *(api.post("/tasks", json={"payload": i, "idempotency_key": "race"}) for i in range(10))
+        *(api.post("/tasks", json={"payload": "x", "idempotency_key": "race"}) for _ in range(10))
     )
     assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
     assert len({r.json()["id"] for r in responses}) == 1
     assert await count_tasks(store) == 1
+
+    differing = await asyncio.gather(
+        *(api.post("/tasks", json={"payload": i, "idempotency_key": "race-2"}) for i in range(10))
+    )
+    assert sorted(r.status_code for r in differing) == [201] + [409] * 9
+    assert await count_tasks(store) == 2
 
 
 @pytest.mark.parametrize(

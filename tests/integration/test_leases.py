@@ -66,8 +66,9 @@ async def test_an_expired_lease_goes_back_to_pending_and_another_worker_finishes
     await stale.wait_for_idle()
     assert stale.stats.succeeded == 0
     assert await store.get(task_id) == done
-    assert not await store.complete(RunRef(task_id, 1, stale.worker_id), "late again")
-    assert not await store.fail(RunRef(task_id, 1, stale.worker_id), "late", None)
+    stale_run = RunRef(task_id, running.run_token, 1, stale.worker_id)
+    assert not await store.complete(stale_run, "late again")
+    assert not await store.fail(stale_run, "late", None)
     assert await store.get(task_id) == done
 
 
@@ -166,10 +167,10 @@ async def test_a_worker_that_lost_its_lease_stops_the_handler(
     await asyncio.wait_for(started.wait(), 5)
     await stop_consuming(worker)
 
-    await worker._heartbeat.stop()  # the worker stalls...
+    await worker.keeper.stop()  # the worker stalls...
     make_rescuer()
     await wait_for_task(store, enqueued.task.id, TaskStatus.PENDING, timeout=5)
-    worker._heartbeat.start()  # ...and, back, learns that its lease is gone
+    worker.keeper.start()  # ...and, back, learns that its lease is gone
     await asyncio.wait_for(stopped.wait(), 5)
     await worker.wait_for_idle()
 

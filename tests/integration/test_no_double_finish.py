@@ -55,30 +55,34 @@ async def test_a_message_delivered_twice_runs_its_handler_once(
     assert await queue_depth(amqp, topology_of(settings).queue("default").name) == 0
 
 
+ECHO = {"echo": 3}
+"""A worker's handlers for claims: echo, with 3 attempts by default."""
+
+
 async def test_the_store_lets_only_the_owner_of_the_current_attempt_finish(store):
     [enqueued] = await store.enqueue([NewTask(name="echo", queue="default", payload=None)])
     task_id = enqueued.task.id
 
-    claimed = await store.claim(task_id, "worker-a", 30, 3)
+    claimed = await store.claim(task_id, "worker-a", 30, ECHO)
     assert claimed is not None
     assert claimed.status is TaskStatus.PROCESSING
     assert claimed.attempts == 1
     assert claimed.max_attempts == 3
-    assert await store.claim(task_id, "worker-b", 30, 3) is None
-    assert await store.claim(task_id, "worker-a", 30, 3) is None
+    assert await store.claim(task_id, "worker-b", 30, ECHO) is None
+    assert await store.claim(task_id, "worker-a", 30, ECHO) is None
 
-    owner = RunRef(task_id, 1, "worker-a")
-    wrong_attempt = RunRef(task_id, 2, "worker-a")
-    wrong_worker = RunRef(task_id, 1, "worker-b")
-    for stale in (wrong_attempt, wrong_worker):
+    owner = RunRef.of(claimed)
+    older = RunRef(task_id, claimed.run_token - 1, 1, "worker-a")
+    newer = RunRef(task_id, claimed.run_token + 1, 1, "worker-a")
+    for stale in (older, newer):
         assert not await store.complete(stale, "x")
         assert not await store.fail(stale, "x", None)
         assert not await store.retry_later(stale, "x", None, 0)
         assert not await store.release(stale)
         assert not await store.mark_cancelled(stale)
-    assert await store.heartbeat([wrong_attempt, wrong_worker], 30) == {}
+    assert await store.heartbeat([older, newer], 30) == {}
     assert await store.get(task_id) == claimed, "a stale actor changed the task"
-    assert await store.heartbeat([owner], 30) == {task_id: False}
+    assert await store.heartbeat([owner], 30) == {owner: False}
 
     assert await store.complete(owner, "ok")
     assert not await store.complete(owner, "twice")
@@ -86,14 +90,14 @@ async def test_the_store_lets_only_the_owner_of_the_current_attempt_finish(store
     done = await store.get(task_id)
     assert done.status is TaskStatus.DONE
     assert done.result == "ok"
-    assert await store.claim(task_id, "worker-b", 30, 3) is None
+    assert await store.claim(task_id, "worker-b", 30, ECHO) is None
 
 
 async def test_a_task_not_yet_due_cannot_be_claimed(store):
     [enqueued] = await store.enqueue(
         [NewTask(name="echo", queue="default", payload=None, delay_seconds=60)]
     )
-    assert await store.claim(enqueued.task.id, "worker-a", 30, 3) is None
+    assert await store.claim(enqueued.task.id, "worker-a", 30, ECHO) is None
     assert (await store.get(enqueued.task.id)).status is TaskStatus.PENDING
 
 

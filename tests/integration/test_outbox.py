@@ -156,7 +156,7 @@ async def test_under_load_the_relay_deletes_the_rows_of_several_ticks_at_once(
     async def publish_as_more_arrive(messages, per_message=1):
         if arriving:  # requests keep coming while the relay waits for the confirms
             relay.hand_over(arriving.pop(0))
-        await publish(messages, per_message)
+        return await publish(messages, per_message)
 
     relay.broker.publish = publish_as_more_arrive
     relay.hand_over(arriving.pop(0))

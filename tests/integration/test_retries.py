@@ -172,17 +172,24 @@ async def test_unparseable_messages_end_in_the_dead_letter_queue_with_a_reason(
     assert await queue_depth(amqp, topology.queue("default").name) == 0
 
 
-async def test_a_message_for_an_unknown_handler_fails_its_task_and_is_dead_lettered(
-    store, broker, relay, make_worker
+async def test_a_task_no_live_worker_can_run_waits_then_fails_and_is_dead_lettered(
+    store, broker, relay, make_worker, settings
 ):
+    """No live worker has its handler: the task stays pending (another worker may come
+    with it, e.g. in a rolling deploy) until it has been due for the configured time."""
+    settings.worker.unserved_fail_after_seconds = 1.0
     worker = await make_worker()
     [enqueued] = await store.enqueue(
         [NewTask(name="no.such.handler", queue="default", payload={"x": 1})]
     )
     relay.wake()
-    failed = await wait_for_task(store, enqueued.task.id, TaskStatus.FAILED)
-    reason = "no handler is registered under the name 'no.such.handler'"
+    await wait_until(lambda: worker.stats.declined >= 1, what="the task is put back")
+    waiting = await store.get(enqueued.task.id)
+    assert waiting.status is TaskStatus.PENDING, "not failed while it may still be served"
+    failed = await wait_for_task(store, enqueued.task.id, TaskStatus.FAILED, timeout=10)
+    reason = "no live worker has a handler named 'no.such.handler' for queue 'default', for 1 s"
     assert failed.error == reason
+    assert (failed.finished_at - failed.run_at).total_seconds() >= 1.0
     assert failed.attempts == 0, "it never ran"
     assert failed.finished_at is not None
 

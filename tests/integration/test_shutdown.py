@@ -207,3 +207,32 @@ async def test_a_claim_that_returns_after_the_grace_is_released_at_once(
         assert not first.runs
     finally:
         await gated.close()
+
+
+async def test_a_release_during_a_database_outage_lands_before_the_worker_stops(
+    store, make_settings, spawn_worker, relay, proxied_store, pg_proxy
+):
+    """The worker is told to stop while PostgreSQL is away for longer than the old fixed
+    10 s wait: releasing its run retries for as long as the lease lasts, and the stop
+    waits for it, so the task is back to pending (attempt not counted) before the
+    process would exit, rather than left to the rescuer a lease later."""
+    long = LongTask()
+    registry = Registry()
+    registry.add(long.run, name="shutdown.blip", max_attempts=3)
+    lease = make_settings(worker={"lease_seconds": 16, "heartbeat_seconds": 0.3})
+    worker = await spawn_worker(registry, worker_settings=lease, worker_store=proxied_store)
+    long.stuck_on.add(worker.worker_id)
+    [enqueued] = await store.enqueue([NewTask(name="shutdown.blip", queue="default", payload=1)])
+    relay.wake()
+    await asyncio.wait_for(long.started.wait(), 5)
+
+    await pg_proxy.cut()
+    stopping = asyncio.create_task(worker.stop(grace_seconds=0))
+    await asyncio.wait_for(long.stopped.wait(), 5)
+    await asyncio.sleep(11.5)  # the outage itself
+    assert not stopping.done(), "the worker stopped before its release was written"
+    await pg_proxy.restore()
+    await asyncio.wait_for(stopping, 10)
+    released = await store.get(enqueued.task.id)
+    assert (released.status, released.attempts) == (TaskStatus.PENDING, 0)
+    assert worker.stats.released == 1

@@ -1,13 +1,15 @@
-"""A Hypothesis state machine over the real PostgreSQL store, against a dict model.
+"""A Hypothesis state machine over the real stores (PostgreSQL and SQLite), against a model.
 
-Each example gets its own event loop and store on the run's database (tables
-emptied), so the async store can be driven from Hypothesis's sync rules. The
-model keeps, per task: status, attempts, owner, cancel flag, lease state and
-the exact number of outbox rows ``krolik/store/sql.py`` promises:
+The stores are driven through the methods production calls, so on PostgreSQL the
+claims and completions are the raw asyncpg statements the worker runs. Each example
+gets its own event loop and store (tables emptied), so the async store can be driven
+from Hypothesis's sync rules. The model keeps, per task: status, attempts, the fencing
+token of its run, owner, cancel flag, lease state and the exact number of outbox rows
+the store promises:
 
-* enqueue, retry, and every return to pending (retry_later, release, rescue)
-  write exactly one outbox row in the same transaction;
-* cancelling a pending task deletes its outbox rows;
+* enqueue, retry, dispatch_later and every return to pending (retry_later, release,
+  rescue) write exactly one outbox row in the same transaction;
+* cancelling a pending task, and failing one no worker can run, delete its outbox rows;
 * claim and the finishing transitions (complete, fail, mark_cancelled) leave
   the outbox alone: a row not yet relayed when the task was claimed stays (the
   relay publishes it, the claim by the receiving worker finds nothing to do);
@@ -15,29 +17,38 @@ the exact number of outbox rows ``krolik/store/sql.py`` promises:
   due pending task that has none.
 
 A run whose cancel was requested does not go back to pending: retry_later,
-release and rescue end it ``cancelled`` (and dispatch nothing).
+release and rescue end it ``cancelled`` (and dispatch nothing). Only a run's token
+decides whether it may still act: a stale run (an older token, or a newer one no claim
+gave out) changes nothing, whatever its attempt number says.
 
-Stale actors (an old attempt, another worker) and refused transitions change
-nothing at all: both tables, every column, are compared with the previous step.
-A final task never changes again except through retry.
+Stale actors and refused transitions change nothing at all: both tables, every column,
+are compared with the previous step. A final task never changes again except through
+retry.
 
 Hypothesis switches rules off at random per example (swarm testing), so every
 example starts from a few tasks, some already claimed (``some_tasks``), and
 related operations share one rule (``worker_acts``: heartbeat and the five ways
 to finish a run; ``maintenance``: rescue, relay, redispatch) so that the steps
 the interesting sequences need are not crowded out.
+
+``test_two_actors_at_once_act_as_if_one_after_the_other`` adds concurrency: two actors
+(workers, the rescuer, the API's cancel and retry) on one task at the same moment, on
+connections of their own, must leave what one of the two serial orders would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -47,14 +58,16 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, literal, select
 
 from krolik.errors import InvalidTransition, TaskNotFound
 from krolik.settings import DatabaseSettings
 from krolik.states import FINAL_STATES, TaskStatus
-from krolik.store.base import NewTask, RunRef
+from krolik.store.base import NewTask, RescuedTask, RunRef, Task
 from krolik.store.postgres import PostgresTaskStore
-from krolik.store.tables import outbox, tasks
+from krolik.store.sql import SqlTaskStore
+from krolik.store.sqlite import SqliteTaskStore
+from krolik.store.tables import Timestamp, outbox, tasks
 from tests.conftest import pg_url
 
 pytestmark = pytest.mark.integration
@@ -62,24 +75,48 @@ pytestmark = pytest.mark.integration
 PENDING, PROCESSING = TaskStatus.PENDING, TaskStatus.PROCESSING
 DONE, FAILED, CANCELLED = TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED
 WORKERS = ("worker-a", "worker-b")
+CONCURRENT = ("claim", "cancel", "retry", "rescue", "complete", "retry_later", "release")
 LEASES = (60.0, -60.0)  # a live lease, or one that is already over
 FINISHES = ("complete", "fail", "retry_later", "mark_cancelled", "release")
-TAMPERS = (None, "worker", "older", "newer")
+TAMPERS = (None, "older", "newer", "attempt")
 MISSING_ID = 10**12
 EXISTS = st.integers(min_value=0, max_value=7).map(bool)  # now and then: a missing task
 
 Snapshot = tuple[dict[int, tuple[Any, ...]], list[tuple[Any, ...]]]
 
-_database: str | None = None
+_store_factory: Callable[[], SqlTaskStore] | None = None
+"""Makes the store an example runs on (set per test: the machine cannot take fixtures)."""
 
 
-@pytest.fixture(autouse=True)
-def _run_database(pg_database: str) -> Iterator[None]:
-    """Hand the run's migrated database to the state machine (it cannot take fixtures)."""
-    global _database
-    _database = pg_database
+@pytest.fixture(scope="module")
+def sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded store file, migrated once; every example empties its tables."""
+    path = tmp_path_factory.mktemp("state-machine") / "krolik.sqlite3"
+    store = SqliteTaskStore(path)
+    asyncio.run(_open_and_close(store))
+    return path
+
+
+async def _open_and_close(store: SqlTaskStore) -> None:
+    await store.open()
+    await store.close()
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def store_factory(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The production store (its hot statements are the raw ones production runs) or the
+    embedded one, for the examples of one test."""
+    global _store_factory
+    if request.param == "postgres":
+        database = request.getfixturevalue("pg_database")
+        _store_factory = lambda: PostgresTaskStore.from_settings(  # noqa: E731
+            DatabaseSettings(url=pg_url(database), pool_size=2, max_overflow=0)
+        )
+    else:
+        path = request.getfixturevalue("sqlite_file")
+        _store_factory = lambda: SqliteTaskStore(path)  # noqa: E731
     yield
-    _database = None
+    _store_factory = None
 
 
 @dataclass
@@ -89,11 +126,180 @@ class Model:
     attempts: int = 0
     max_attempts: int | None = None
     worker: str | None = None
+    token: int = 0
+    """The run token of the current (or last) run: every claim takes the next one."""
     cancel_requested: bool = False
     lease_expired: bool = False
     outbox: int = 1
     published: bool = False
     """The relay published (and deleted) its outbox rows since it last became pending."""
+
+
+def back_to_pending(m: Model) -> None:
+    """processing -> pending with one new outbox row, or cancelled if that was asked."""
+    m.worker = None
+    m.lease_expired = False
+    if m.cancel_requested:
+        m.status = CANCELLED
+    else:
+        m.status = PENDING
+        m.outbox += 1
+        m.published = False
+
+
+def owns(model: dict[int, Model], ref: RunRef) -> bool:
+    """Only the token decides: attempt numbers and workers repeat (a released run
+    claimed again by the same worker has the same of both)."""
+    m = model.get(ref.task_id)
+    return m is not None and m.status is PROCESSING and m.token == ref.token
+
+
+# The model's side of each store call: what it must answer, and what it must change.
+# Sequential rules and interleaved pairs use the same ones.
+def predict_claim(
+    model: dict[int, Model], task_id: int, worker: str, lease: float, default_max: int
+) -> tuple[Any, ...] | None:
+    m = model[task_id]
+    if m.status is not PENDING:
+        return None
+    m.status, m.worker, m.lease_expired = PROCESSING, worker, lease < 0
+    m.attempts += 1
+    m.token += 1
+    if m.max_attempts is None:
+        m.max_attempts = default_max
+    return (PROCESSING, m.attempts, m.token, worker, m.max_attempts)
+
+
+def predict_cancel(model: dict[int, Model], task_id: int) -> str:
+    m = model[task_id]
+    if m.status is PENDING:
+        m.status, m.outbox = CANCELLED, 0
+        return "cancelled"
+    if m.status is PROCESSING:
+        m.cancel_requested = True
+        return "asked to stop"
+    return "refused"
+
+
+def predict_retry(model: dict[int, Model], task_id: int) -> str:
+    m = model[task_id]
+    if m.status not in (FAILED, CANCELLED):
+        return "refused"
+    m.status, m.attempts, m.cancel_requested = PENDING, 0, False
+    m.lease_expired, m.published = False, False
+    m.outbox += 1
+    return "pending"
+
+
+def predict_finish(model: dict[int, Model], action: str, ref: RunRef) -> Any:
+    """bool for complete, fail and mark_cancelled; where the task went (None: refused)
+    for retry_later and release."""
+    if not owns(model, ref):
+        return None if action in ("retry_later", "release") else False
+    m = model[ref.task_id]
+    if action in ("complete", "fail", "mark_cancelled"):
+        m.status = {"complete": DONE, "fail": FAILED, "mark_cancelled": CANCELLED}[action]
+        m.lease_expired = False
+        return True
+    landed = CANCELLED if m.cancel_requested else PENDING
+    if action == "release":
+        m.attempts -= 1
+    back_to_pending(m)
+    return landed
+
+
+def predict_rescue(model: dict[int, Model]) -> list[tuple[int, TaskStatus, int]]:
+    rescued = []
+    for task_id in sorted(model):
+        m = model[task_id]
+        if m.status is not PROCESSING or not m.lease_expired:
+            continue
+        if m.cancel_requested:
+            status = CANCELLED
+        elif m.attempts >= (m.max_attempts or 1):
+            status = FAILED
+        else:
+            status = PENDING
+        rescued.append((task_id, status, m.attempts))
+        if status is FAILED:
+            m.status, m.worker, m.lease_expired = FAILED, None, False
+        else:
+            back_to_pending(m)
+    return rescued
+
+
+# How each call answered, in the terms of the predictions above.
+def claim_answer(task: Task | None) -> tuple[Any, ...] | None:
+    if task is None:
+        return None
+    return (task.status, task.attempts, task.run_token, task.worker_id, task.max_attempts)
+
+
+def cancel_answer(result: Task | BaseException) -> str:
+    if isinstance(result, InvalidTransition):
+        return "refused"
+    if isinstance(result, BaseException):
+        raise result
+    if result.status is CANCELLED:
+        return "cancelled"
+    assert (result.status, result.cancel_requested) == (PROCESSING, True), result
+    return "asked to stop"
+
+
+def retry_answer(result: Task | BaseException) -> str:
+    if isinstance(result, InvalidTransition):
+        return "refused"
+    if isinstance(result, BaseException):
+        raise result
+    assert (result.status, result.attempts) == (PENDING, 0), result
+    return "pending"
+
+
+def rescue_answer(rescued: list[RescuedTask]) -> list[tuple[int, TaskStatus, int]]:
+    return sorted((r.task_id, r.status, r.attempts) for r in rescued)
+
+
+def finish_call(store: SqlTaskStore, action: str, ref: RunRef) -> Any:
+    return {
+        "complete": lambda: store.complete(ref, {"ok": ref.attempt}),
+        "fail": lambda: store.fail(ref, "boom", "Traceback: boom"),
+        "retry_later": lambda: store.retry_later(ref, "again", None, 0),
+        "mark_cancelled": lambda: store.mark_cancelled(ref),
+        "release": lambda: store.release(ref),
+    }[action]()
+
+
+@dataclass
+class Actor:
+    """One of two concurrent calls: what it does, what the model says it answers, and how
+    its answer reads in the model's terms."""
+
+    label: str
+    call: Callable[[SqlTaskStore], Awaitable[Any]]
+    predict: Callable[[dict[int, Model]], Any]
+    answer: Callable[[Any], Any]
+
+
+def differences(
+    task_rows: dict[int, Any], outbox_rows: list[Any], model: dict[int, Model]
+) -> list[str]:
+    """Where the tables disagree with a model (the fields the transitions change)."""
+    counts = Counter(row.task_id for row in outbox_rows)
+    found = []
+    for task_id, m in model.items():
+        row = task_rows[task_id]
+        stored = (
+            TaskStatus(row.status),
+            row.attempts,
+            row.run_token,
+            row.cancel_requested,
+            counts[task_id],
+            row.worker_id if m.status is PROCESSING else m.worker,
+        )
+        wanted = (m.status, m.attempts, m.token, m.cancel_requested, m.outbox, m.worker)
+        if stored != wanted:
+            found.append(f"task {task_id}: stored {stored}, model {wanted}")
+    return found
 
 
 def has_tasks(machine: TaskStoreMachine) -> bool:
@@ -107,11 +313,10 @@ def has_refs(machine: TaskStoreMachine) -> bool:
 class TaskStoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        assert _database is not None, "the _run_database fixture did not run"
+        assert _store_factory is not None, "the store_factory fixture did not run"
         self.loop = asyncio.new_event_loop()
-        self.store = PostgresTaskStore.from_settings(
-            DatabaseSettings(url=pg_url(_database), pool_size=2, max_overflow=0)
-        )
+        self.store = _store_factory()
+
         self.model: dict[int, Model] = {}
         self.issued: list[RunRef] = []
         """Every RunRef a claim handed out: current, or stale by now."""
@@ -148,7 +353,9 @@ class TaskStoreMachine(RuleBasedStateMachine):
                 await conn.execute(
                     select(
                         tasks,
-                        (tasks.c.lease_expires_at < func.clock_timestamp()).label("expired"),
+                        (tasks.c.lease_expires_at < literal(datetime.now(UTC), Timestamp)).label(
+                            "expired"
+                        ),
                     ).order_by(tasks.c.id)
                 )
             ).all()
@@ -180,33 +387,15 @@ class TaskStoreMachine(RuleBasedStateMachine):
         self.expect_unchanged(f"{action} of a missing task")
 
     def valid(self, ref: RunRef) -> bool:
-        m = self.model.get(ref.task_id)
-        return (
-            m is not None
-            and m.status is PROCESSING
-            and m.attempts == ref.attempt
-            and m.worker == ref.worker_id
-        )
-
-    def back_to_pending(self, m: Model) -> None:
-        """processing -> pending with one new outbox row, or cancelled if that was asked."""
-        m.worker = None
-        m.lease_expired = False
-        if m.cancel_requested:
-            m.status = CANCELLED
-        else:
-            m.status = PENDING
-            m.outbox += 1
-            m.published = False
+        return owns(self.model, ref)
 
     @staticmethod
     def tampered(ref: RunRef, tamper: str | None) -> RunRef:
-        if tamper == "worker":
-            other = WORKERS[1] if ref.worker_id == WORKERS[0] else WORKERS[0]
-            return replace(ref, worker_id=other)
         if tamper == "older":
-            return replace(ref, attempt=ref.attempt - 1)
+            return replace(ref, token=ref.token - 1)
         if tamper == "newer":
+            return replace(ref, token=ref.token + 1)
+        if tamper == "attempt":  # the attempt number is not part of the guard
             return replace(ref, attempt=ref.attempt + 1)
         return ref
 
@@ -260,21 +449,14 @@ class TaskStoreMachine(RuleBasedStateMachine):
             self.on_missing_task("cancel")
             return
         task_id = self.pick(data, PENDING, PROCESSING)
-        m = self.model[task_id]
-        if m.status.is_final:
+        status = self.model[task_id].status
+        expected = predict_cancel(self.model, task_id)
+        if expected == "refused":
             with pytest.raises(InvalidTransition):
                 self.run(self.store.cancel(task_id))
-            self.expect_unchanged(f"cancel of {m.status} task {task_id}")
+            self.expect_unchanged(f"cancel of {status} task {task_id}")
             return
-        task = self.run(self.store.cancel(task_id))
-        if m.status is PENDING:
-            m.status = CANCELLED
-            m.outbox = 0
-            assert task.status is CANCELLED
-        else:
-            m.cancel_requested = True
-            assert task.status is PROCESSING
-            assert task.cancel_requested
+        assert cancel_answer(self.run(self.store.cancel(task_id))) == expected
 
     @precondition(has_tasks)
     @rule(data=st.data(), exists=EXISTS)
@@ -284,19 +466,15 @@ class TaskStoreMachine(RuleBasedStateMachine):
             self.on_missing_task("retry")
             return
         task_id = self.pick(data, FAILED, CANCELLED)
-        m = self.model[task_id]
-        if m.status not in (FAILED, CANCELLED):
+        status = self.model[task_id].status
+        if predict_retry(self.model, task_id) == "refused":
             with pytest.raises(InvalidTransition):
                 self.run(self.store.retry(task_id))
-            self.expect_unchanged(f"retry of {m.status} task {task_id}")
+            self.expect_unchanged(f"retry of {status} task {task_id}")
             return
         task = self.run(self.store.retry(task_id))
-        assert task.status is PENDING
-        assert task.attempts == 0
+        assert (task.status, task.attempts) == (PENDING, 0)
         self.frozen.pop(task_id, None)
-        m.status, m.attempts, m.cancel_requested = PENDING, 0, False
-        m.lease_expired, m.published = False, False
-        m.outbox += 1
 
     # -- workers -------------------------------------------------------------------
     @precondition(has_tasks)
@@ -306,24 +484,14 @@ class TaskStoreMachine(RuleBasedStateMachine):
         worker = data.draw(st.sampled_from(WORKERS), label="worker")
         lease = data.draw(st.sampled_from(LEASES), label="lease")
         default_max = data.draw(st.integers(min_value=1, max_value=3), label="default_max")
-        m = self.model[task_id]
-        task = self.run(self.store.claim(task_id, worker, lease, default_max))
-        if m.status is not PENDING:
-            assert task is None
-            self.expect_unchanged(f"claim of {m.status} task {task_id}")
+        status, name = self.model[task_id].status, self.model[task_id].name
+        expected = predict_claim(self.model, task_id, worker, lease, default_max)
+        task = self.run(self.store.claim(task_id, worker, lease, {name: default_max}))
+        assert claim_answer(task) == expected
+        if task is None:
+            self.expect_unchanged(f"claim of {status} task {task_id}")
             return
-        assert task is not None
-        m.status = PROCESSING
-        m.attempts += 1
-        m.worker = worker
-        m.lease_expired = lease < 0
-        if m.max_attempts is None:
-            m.max_attempts = default_max
-        assert task.status is PROCESSING
-        assert task.attempts == m.attempts
-        assert task.worker_id == worker
-        assert task.max_attempts == m.max_attempts
-        self.issued.append(RunRef(task_id=task_id, attempt=task.attempts, worker_id=worker))
+        self.issued.append(RunRef.of(task))
 
     @precondition(has_tasks)
     @rule(data=st.data(), error=st.sampled_from(["no handler", "unknown name"]))
@@ -334,8 +502,24 @@ class TaskStoreMachine(RuleBasedStateMachine):
         assert changed is (m.status is PENDING)
         if changed:
             m.status = FAILED
+            m.outbox = 0  # nothing left to dispatch
         else:
             self.expect_unchanged(f"fail_unrunnable of {m.status} task {task_id}")
+
+    @precondition(has_tasks)
+    @rule(data=st.data())
+    def put_back(self, data: st.DataObject) -> None:
+        """A worker without the task's handler (or no free slot) dispatches it again."""
+        task_id = self.pick(data, PENDING)
+        m = self.model[task_id]
+        answer = self.run(self.store.dispatch_later([task_id, MISSING_ID], 0))
+        if m.status is not PENDING:
+            assert answer == []
+            self.expect_unchanged(f"dispatch_later of {m.status} task {task_id}")
+            return
+        assert answer == [task_id]
+        m.outbox += 1
+        m.published = False
 
     @precondition(has_refs)
     @rule(data=st.data())
@@ -354,7 +538,7 @@ class TaskStoreMachine(RuleBasedStateMachine):
             task_id = data.draw(st.sampled_from(running), label="task_id")
             m = self.model[task_id]
             assert m.worker is not None
-            ref = RunRef(task_id, m.attempts, m.worker)
+            ref = RunRef(task_id, m.token, m.attempts, m.worker)
             tamper = data.draw(st.sampled_from((None, None, *TAMPERS)), label="tamper")
         else:
             ref = data.draw(st.sampled_from(self.issued), label="ref")
@@ -369,43 +553,21 @@ class TaskStoreMachine(RuleBasedStateMachine):
         lease = data.draw(st.sampled_from(LEASES), label="lease")
         runs = [self.tampered(ref, tamper) for ref, tamper in picked]
         expected = {
-            run.task_id: self.model[run.task_id].cancel_requested for run in runs if self.valid(run)
+            run: self.model[run.task_id].cancel_requested for run in runs if self.valid(run)
         }
         answer = self.run(self.store.heartbeat(runs, lease))
         assert answer == expected
         if not expected:
             self.expect_unchanged(f"heartbeat of stale runs {runs}")
-        for task_id in expected:
-            self.model[task_id].lease_expired = lease < 0
+        for run in expected:
+            self.model[run.task_id].lease_expired = lease < 0
 
     def finish(self, action: str, ref: RunRef) -> None:
-        expected = self.valid(ref)
-        call = {
-            "complete": lambda: self.store.complete(ref, {"ok": ref.attempt}),
-            "fail": lambda: self.store.fail(ref, "boom", "Traceback: boom"),
-            "retry_later": lambda: self.store.retry_later(ref, "again", None, 0),
-            "mark_cancelled": lambda: self.store.mark_cancelled(ref),
-            "release": lambda: self.store.release(ref),
-        }[action]
-        answer = self.run(call())
-        if action in ("retry_later", "release"):  # where the task went, None if refused
-            landed = None
-            if expected:
-                landed = CANCELLED if self.model[ref.task_id].cancel_requested else PENDING
-            assert answer is landed, f"{action} with {ref}"
-        else:
-            assert answer is expected, f"{action} with {ref}"
-        if not expected:
+        expected = predict_finish(self.model, action, ref)
+        answer = self.run(finish_call(self.store, action, ref))
+        assert answer is expected, f"{action} with {ref}"
+        if expected is None or expected is False:
             self.expect_unchanged(f"stale {action} with {ref}")
-            return
-        m = self.model[ref.task_id]
-        if action in ("complete", "fail", "mark_cancelled"):
-            m.status = {"complete": DONE, "fail": FAILED, "mark_cancelled": CANCELLED}[action]
-            m.lease_expired = False
-            return
-        if action == "release":
-            m.attempts -= 1
-        self.back_to_pending(m)
 
     # -- maintenance and relay -------------------------------------------------------
     @rule(data=st.data(), job=st.sampled_from(["rescue", "relay", "redispatch"]))
@@ -419,23 +581,8 @@ class TaskStoreMachine(RuleBasedStateMachine):
             self.redispatch()
 
     def rescue_expired(self) -> None:
-        rescued = self.run(self.store.rescue_expired(100))
-        due = {i: m for i, m in self.model.items() if m.status is PROCESSING and m.lease_expired}
-        assert sorted(r.task_id for r in rescued) == sorted(due)
-        for r in rescued:
-            m = due[r.task_id]
-            assert r.attempts == m.attempts
-            if m.cancel_requested:
-                expected_status = CANCELLED
-            elif m.attempts >= (m.max_attempts or 1):
-                expected_status = FAILED
-            else:
-                expected_status = PENDING
-            assert r.status is expected_status, f"rescue of {r.task_id}: {m}"
-            if expected_status is FAILED:
-                m.status, m.worker, m.lease_expired = FAILED, None, False
-            else:
-                self.back_to_pending(m)
+        expected = predict_rescue(self.model)
+        assert rescue_answer(self.run(self.store.rescue_expired(100))) == expected
 
     def relay(self, confirmed: bool) -> None:
         """Claim every due outbox row; delete them (published) or give them back."""
@@ -478,6 +625,7 @@ class TaskStoreMachine(RuleBasedStateMachine):
             where = f"task {task_id}: {m} vs {row}"
             assert TaskStatus(row.status) is m.status, where
             assert row.attempts == m.attempts, where
+            assert row.run_token == m.token, where
             assert row.max_attempts == m.max_attempts, where
             assert row.cancel_requested is m.cancel_requested, where
             assert counts[task_id] == m.outbox, where
@@ -505,7 +653,7 @@ class TaskStoreMachine(RuleBasedStateMachine):
             assert row.queue == task_rows[row.task_id].queue
 
 
-def test_store_state_machine() -> None:
+def test_store_state_machine(store_factory: None) -> None:
     run_state_machine_as_test(
         TaskStoreMachine,
         settings=settings(
@@ -515,3 +663,168 @@ def test_store_state_machine() -> None:
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+
+
+# -- two actors at once ----------------------------------------------------------------------
+class TwoActors:
+    """One task brought to a drawn state one call at a time, then two actors on it at the
+    same moment, each on a store (connections) of its own.
+
+    The concurrent step comes last: which order the database chose is not known in
+    advance, and nothing drawn may depend on it (Hypothesis replays what it draws).
+    """
+
+    def __init__(self, factory: Callable[[], SqlTaskStore]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.store, self.other = factory(), factory()
+        self.model: dict[int, Model] = {}
+        self.issued: list[RunRef] = []
+        self.loop.run_until_complete(self._empty())
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    async def _empty(self) -> None:
+        async with self.store.engine.begin() as conn:
+            await conn.execute(delete(outbox))
+            await conn.execute(delete(tasks))
+
+    def close(self) -> None:
+        try:
+            self.run(self._empty())
+            self.run(self.store.close())
+            self.run(self.other.close())
+        finally:
+            self.loop.close()
+
+    def prepare(self, data: st.DataObject) -> int:
+        """A task, and a few steps on it (each checked against the model)."""
+        [enqueued] = self.run(
+            self.store.enqueue([NewTask(name="pair", queue="default", payload=None)])
+        )
+        task_id = enqueued.task.id
+        self.model[task_id] = Model(name="pair", status=PENDING)
+        for step in range(data.draw(st.integers(min_value=0, max_value=4), label="steps")):
+            actor = self.actor(data, task_id, f"step {step}")
+            expected = actor.predict(self.model)
+            answer = actor.answer(self.run(_outcome(actor.call(self.store))))
+            assert answer == expected, f"{actor.label}: {answer} != {expected}"
+            self.note(actor, answer)
+        return task_id
+
+    def note(self, actor: Actor, answer: Any) -> None:
+        if actor.label.startswith("claim") and answer is not None:
+            task_id = next(iter(self.model))
+            m = self.model[task_id]
+            assert m.worker is not None
+            self.issued.append(RunRef(task_id, m.token, m.attempts, m.worker))
+
+    def both(self, data: st.DataObject, task_id: int) -> None:
+        actors = [self.actor(data, task_id, label) for label in ("first", "second")]
+        orders = []
+        for order in ((0, 1), (1, 0)):
+            model = copy.deepcopy(self.model)
+            expected: list[Any] = [None, None]
+            for index in order:
+                expected[index] = actors[index].predict(model)
+            orders.append((model, expected))
+        results = self.run(self.together(actors))
+        answers = [actor.answer(result) for actor, result in zip(actors, results, strict=True)]
+        task_rows, outbox_rows = self.run(self._rows())
+        seen = []
+        for model, expected in orders:
+            missing = differences(task_rows, outbox_rows, model)
+            if answers == expected and not missing:
+                return
+            seen.append((expected, missing))
+        raise AssertionError(
+            f"{[a.label for a in actors]} answered {answers}: no serial order gives that: {seen}"
+        )
+
+    async def together(self, actors: list[Actor]) -> list[Any]:
+        both = asyncio.gather(
+            _outcome(actors[0].call(self.store)),
+            _outcome(actors[1].call(self.other)),
+        )
+        return list(await asyncio.wait_for(both, 10))
+
+    async def _rows(self) -> tuple[dict[int, Any], list[Any]]:
+        async with self.store.engine.connect() as conn:
+            task_rows = (await conn.execute(select(tasks).order_by(tasks.c.id))).all()
+            outbox_rows = (await conn.execute(select(outbox).order_by(outbox.c.id))).all()
+        return {row.id: row for row in task_rows}, outbox_rows
+
+    def actor(self, data: st.DataObject, task_id: int, label: str) -> Actor:
+        kind = data.draw(st.sampled_from(CONCURRENT), label=f"{label} actor")
+        m = self.model[task_id]
+        if kind == "claim":
+            worker = data.draw(st.sampled_from(WORKERS), label=f"{label} worker")
+            lease = data.draw(st.sampled_from(LEASES), label=f"{label} lease")
+            return Actor(
+                f"claim by {worker}",
+                lambda store: store.claim(task_id, worker, lease, {m.name: 2}),
+                lambda model: predict_claim(model, task_id, worker, lease, 2),
+                claim_answer,
+            )
+        if kind == "cancel":
+            return Actor(
+                "cancel",
+                lambda store: store.cancel(task_id),
+                lambda model: predict_cancel(model, task_id),
+                cancel_answer,
+            )
+        if kind == "retry":
+            return Actor(
+                "retry",
+                lambda store: store.retry(task_id),
+                lambda model: predict_retry(model, task_id),
+                retry_answer,
+            )
+        if kind == "rescue":
+            return Actor(
+                "rescue", lambda store: store.rescue_expired(100), predict_rescue, rescue_answer
+            )
+        # A run finishing: the current one, or one an earlier claim handed out.
+        refs = list(self.issued)
+        if m.status is PROCESSING and m.worker is not None:
+            refs.append(RunRef(task_id, m.token, m.attempts, m.worker))
+        ref = (
+            data.draw(st.sampled_from(refs), label=f"{label} run")
+            if refs
+            else RunRef(task_id, m.token + 1, m.attempts, WORKERS[0])
+        )
+        return Actor(
+            f"{kind} of {ref}",
+            lambda store: finish_call(store, kind, ref),
+            lambda model: predict_finish(model, kind, ref),
+            lambda result: result,
+        )
+
+
+async def _outcome(call: Awaitable[Any]) -> Any:
+    """The call's result, or the error it raised (a refusal is an answer too)."""
+    try:
+        return await call
+    except InvalidTransition as exc:
+        return exc
+
+
+@given(data=st.data())
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+def test_two_actors_at_once_act_as_if_one_after_the_other(
+    store_factory: None, data: st.DataObject
+) -> None:
+    """Two workers, the rescuer and the API's cancel and retry, two at a time on one task:
+    whatever the interleaving, the answers and the tables are those of one of the two
+    orders the calls could have run in, one after the other."""
+    assert _store_factory is not None
+    pair = TwoActors(_store_factory)
+    try:
+        task_id = pair.prepare(data)
+        pair.both(data, task_id)
+    finally:
+        pair.close()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from krolik.batching import MicroBatcher
-from krolik.errors import StoreError, StoreUnavailable
+from krolik.errors import StoreConflict, StoreError, StoreUnavailable
 
 
 class Recorder:
@@ -149,6 +149,33 @@ async def test_submit_many_of_nothing_returns_at_once() -> None:
     batcher: MicroBatcher[int, str] = MicroBatcher(operation)
     assert await batcher.submit_many([]) == []
     assert operation.batches == []
+
+
+async def test_a_conflict_runs_the_batch_again_whole() -> None:
+    """A deadlock or a lock timeout wrote nothing: the same batch goes again, not split."""
+    batches: list[list[int]] = []
+    failures = [StoreConflict("deadlock"), StoreConflict("lock timeout")]
+
+    async def operation(items: Sequence[int]) -> list[str]:
+        batches.append(list(items))
+        if failures:
+            raise failures.pop(0)
+        return [f"r{item}" for item in items]
+
+    batcher: MicroBatcher[int, str] = MicroBatcher(operation)
+    assert await asyncio.wait_for(batcher.submit_many([1, 2, 3]), 2) == ["r1", "r2", "r3"]
+    assert batches == [[1, 2, 3]] * 3
+
+
+async def test_a_conflict_that_persists_fails_the_batch_whole() -> None:
+    operation = Recorder()
+    operation.fail_with = lambda: StoreConflict("deadlock")
+    batcher: MicroBatcher[int, str] = MicroBatcher(operation)
+    async with loop_errors() as reported:
+        assert await outcome(batcher.submit_many([1, 2])) == "StoreConflict: deadlock"
+        assert operation.batches == [[1, 2]] * 3, "three tries, never one item at a time"
+        await asyncio.sleep(0)
+    assert reported == []
 
 
 @pytest.mark.parametrize("error", [StoreError, StoreUnavailable])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ def make_task(payload: Any = None, **changes: Any) -> Task:
         max_attempts=3,
         worker_id="w-1",
         cancel_requested=False,
+        run_token=2,
         run_at=NOW,
         lease_expires_at=NOW,
         created_at=NOW,
@@ -41,7 +43,7 @@ def make_run(func: Any, payload: Any = None, timeout: float | None = None, **tas
     handler = Registry().add(func, name="t")
     return Run(
         task=make_task(payload, **task),
-        ref=RunRef(task_id=11, attempt=2, worker_id="w-1"),
+        ref=RunRef(task_id=11, token=2, attempt=2, worker_id="w-1"),
         handler=handler,
         timeout_seconds=timeout,
     )
@@ -115,6 +117,19 @@ async def test_timeout():
     assert outcome.error == "TimeoutError: the handler ran longer than 0.05s"
     assert outcome.stop_reason is None
     assert cancelled.is_set()  # the handler was cancelled and awaited, not left running
+
+
+async def test_a_handler_blocking_the_loop_past_its_timeout_times_out():
+    """No await in it: the timeout's timer never got to fire, the run still timed out."""
+
+    async def blocking(payload):
+        time.sleep(0.15)  # the mistake: a blocking call in an async handler
+        return "late"
+
+    outcome = await execute(make_run(blocking, timeout=0.05))
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.result is None
+    assert outcome.error == "TimeoutError: the handler ran longer than 0.05s"
 
 
 async def test_handler_raising_timeout_error_itself_is_a_failure():

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from krolik.api.admission import Admission
@@ -45,12 +48,13 @@ from krolik.api.schemas import (
 )
 from krolik.batching import MicroBatcher
 from krolik.builtin_tasks import DEFAULT_TASK_NAME
-from krolik.errors import TaskNotFound
+from krolik.errors import IdempotencyConflict, TaskNotFound
 from krolik.log import current_request_id
 from krolik.relay import OutboxRelay, handing_over
 from krolik.settings import Settings
 from krolik.states import TaskStatus
 from krolik.store.base import Enqueued, NewTask, TaskFilter
+from krolik.waiting import waiting_reason
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=GUARDED_RESPONSES)
 
@@ -59,6 +63,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body is not readable, or the cursor is not valid"},
     404: {"model": Problem, "description": "No such task"},
     409: {"model": Problem, "description": "The task's state does not allow it"},
+    "409-key": {
+        "model": Problem,
+        "description": "The idempotency key was used before with a different request body",
+    },
     413: {"model": Problem, "description": "The body is larger than APP__API__MAX_PAYLOAD_BYTES"},
     422: {
         "model": ValidationProblem | Problem,
@@ -94,8 +102,20 @@ async def _create(request: Request) -> Response:
     relay, observer = relay_of(request), observer_of(request)
     admission: Admission = request.app.state.admission
     await admission.admit(store, body.queue or settings.default_queue)
-    committer: MicroBatcher[NewTask, Enqueued] = request.app.state.committer
-    enqueued = await committer.submit(_new_task(body, settings, caller))
+    new = _new_task(body, settings, caller)
+    # Keyed submissions take a few more statements (and may wait on a concurrent one
+    # with the same key): their own group commit keeps them from holding up plain ones.
+    committer: MicroBatcher[NewTask, Enqueued] = (
+        request.app.state.committer
+        if new.idempotency_key is None
+        else request.app.state.keyed_committer
+    )
+    enqueued = await committer.submit(new)
+    if enqueued.mismatch:
+        raise IdempotencyConflict(
+            f"the idempotency key {new.idempotency_key!r} was used before with a different "
+            "request body; send a new key for a new task"
+        )
     if enqueued.created:
         observer.task_submitted(enqueued.task)
         if relay is not None:
@@ -113,7 +133,7 @@ async def _create(request: Request) -> Response:
     status_code=status.HTTP_201_CREATED,
     response_model=TaskBatchCreated,
     summary="Create many tasks in one transaction",
-    responses={400: ERRORS[400], 413: ERRORS[413], 422: ERRORS[422]},
+    responses={400: ERRORS[400], 409: ERRORS["409-key"], 413: ERRORS[413], 422: ERRORS[422]},
 )
 async def create_batch(
     body: TaskBatch,
@@ -132,6 +152,7 @@ async def create_batch(
     enqueued = await store.enqueue(
         [_new_task(item, settings, caller) for item in body.tasks],
         claim_outbox_seconds=handing_over(relay),
+        refuse_mismatch=True,
     )
     for item in enqueued:
         if item.created:
@@ -153,8 +174,17 @@ def _publish_soon(relay: OutboxRelay, enqueued: list[Enqueued]) -> None:
         relay.wake()
 
 
+def request_fingerprint(body: TaskCreate) -> str:
+    """What makes two requests with one idempotency key the same request: every field of
+    the task, the key itself aside (JSON with sorted keys, so spacing and key order in the
+    client's body do not matter)."""
+    fields = body.model_dump(mode="json", exclude={"idempotency_key"})
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def _new_task(body: TaskCreate, settings: Settings, caller: Principal) -> NewTask:
     return NewTask(
+        request_hash=request_fingerprint(body) if body.idempotency_key is not None else None,
         name=body.name or DEFAULT_TASK_NAME,
         queue=body.queue or settings.default_queue,
         payload=body.payload,
@@ -189,6 +219,7 @@ router.add_api_route(
     responses={
         200: {"model": TaskCreated, "description": "The task of an idempotency key seen before"},
         400: ERRORS[400],
+        409: ERRORS["409-key"],
         413: ERRORS[413],
         422: ERRORS[422],
     },
@@ -243,7 +274,11 @@ async def get_task(task_id: TaskId, store: StoreDep, _: ReadAccess) -> TaskDetai
     task = await store.get(task_id)
     if task is None:
         raise TaskNotFound(f"task {task_id} does not exist")
-    return TaskDetail.of(task)
+    detail = TaskDetail.of(task)
+    if task.status is TaskStatus.PENDING:
+        live = await store.list_workers()
+        detail.waiting_reason = waiting_reason(task, live, datetime.now(UTC))
+    return detail
 
 
 @router.post(
