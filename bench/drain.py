@@ -74,7 +74,7 @@ async def enqueue_over_http(url: str, tasks: int, handler: str) -> None:
 
 async def enqueue_into_sqlite(deployment: Deployment, tasks: int, handler: str) -> None:
     """Through Krolik's own SQLite store, in this process, before ``krolik dev`` starts."""
-    from krolik.store.base import NewTask
+    from krolik.store.records import NewTask
     from krolik.store.sqlite import SqliteTaskStore
 
     store = SqliteTaskStore(deployment.sqlite_path)

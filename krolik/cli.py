@@ -1,36 +1,26 @@
-"""The ``krolik`` command: migrate, api, worker, relay."""
+"""The ``krolik`` command: each command reads its options, picks the roles of its node and
+hands it to ``krolik/process.py`` to run (``krolik dev`` to ``krolik/embedded.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from enum import StrEnum
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-import uvicorn
 
+from krolik.access import Scope
 from krolik.builtin_tasks import builtin_registry
-from krolik.components import build_broker, build_store
-from krolik.errors import (
-    BrokerUnavailable,
-    ConfigurationError,
-    InvalidTransition,
-    StoreUnavailable,
-)
-from krolik.heap import tune_garbage_collector
+from krolik.errors import ConfigurationError, InvalidTransition
 from krolik.log import configure_logging, get_logger
-from krolik.maintenance import LeaseRescuer
+from krolik.node import Mode, Node, Role, build_store
+from krolik.process import run_loop, serve_api, serve_relay, serve_worker
 from krolik.registry import Registry, default_registry
-from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
-from krolik.worker import Worker
 
 cli = typer.Typer(
     name="krolik",
@@ -42,10 +32,14 @@ log = get_logger("krolik.cli")
 T = TypeVar("T")
 
 
-class KeyScope(StrEnum):
-    READ = "read"
-    SUBMIT = "submit"
-    ADMIN = "admin"
+SCOPE_NAMES = [scope.name.lower() for scope in Scope]
+"""The scopes of ``krolik/access.py``, as the command line takes them."""
+
+
+def _scope_name(value: str) -> str:
+    if value not in SCOPE_NAMES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(SCOPE_NAMES)}")
+    return value
 
 
 HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
@@ -54,15 +48,6 @@ AppOption = Annotated[
     str | None,
     typer.Option("--app", help="Importable module that registers your task handlers."),
 ]
-
-
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run a long-lived service on uvloop where it is installed (a faster event loop)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop does not exist on every platform
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def load_settings() -> Settings:
@@ -88,33 +73,6 @@ def load_registry(module: str | None) -> Registry:
     return builtin_registry.merged(user)
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT, installed before anything slow starts."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-async def _retrying(
-    what: str, connect: Callable[[], Awaitable[None]], stop: asyncio.Event, interval: float = 2.0
-) -> bool:
-    """Wait for a service instead of crashing (containers start in any order).
-
-    False when a signal asked the process to stop first.
-    """
-    while not stop.is_set():
-        try:
-            await connect()
-            return True
-        except (BrokerUnavailable, StoreUnavailable) as exc:
-            log.warning("waiting_for_service", service=what, error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-    return False
-
-
 @cli.command()
 def migrate() -> None:
     """Apply the database migrations (safe to run again)."""
@@ -128,19 +86,8 @@ def migrate() -> None:
 @cli.command()
 def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     """Run the HTTP API (with the outbox relay inside, unless APP__RELAY__ENABLED=false)."""
-    from krolik.api.app import create_app
-
     settings = load_settings()
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=10,
-    )
+    serve_api(Node.build(settings, {Role.API}), host, port)
 
 
 @cli.command()
@@ -157,56 +104,20 @@ def worker(
         typer.Option(help="Serve /metrics, /health and /health/ready on this port."),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address of the metrics port.")] = "0.0.0.0",  # noqa: S104
+    burst: Annotated[
+        bool, typer.Option(help="Run what is due now, then exit (scripts and tests).")
+    ] = False,
 ) -> None:
     """Run a worker: consume tasks, run handlers, rescue tasks of dead workers."""
     settings = load_settings()
-    registry = load_registry(app)
-    run_loop(_run_worker(settings, registry, concurrency, queues, metrics_host, metrics_port))
-
-
-async def _run_worker(
-    settings: Settings,
-    registry: Registry,
-    concurrency: int | None,
-    queues: list[str] | None,
-    metrics_host: str,
-    metrics_port: int | None,
-) -> None:
-    from krolik.metrics import Metrics
-    from krolik.worker.probe import probe_server
-
-    store, broker = build_store(settings), build_broker(settings)
-    metrics = Metrics()
-    the_worker = Worker(
-        store,
-        broker,
-        registry,
+    node = Node.build(
         settings,
-        queues=queues,
+        {Role.WORKER},
+        registry=load_registry(app),
         concurrency=concurrency,
-        observer=metrics,
+        queues=queues,
     )
-    rescuer = LeaseRescuer(store, settings.maintenance, metrics, broker=broker)
-    stop = _stop_on_signals()
-    probe = probe_server(the_worker, metrics, metrics_host, metrics_port) if metrics_port else None
-    serving = asyncio.create_task(probe.serve()) if probe else None
-    try:
-        await store.open()
-        if await _retrying("database", store.ping, stop) and await _retrying(
-            "rabbitmq", the_worker.start, stop
-        ):
-            rescuer.start()
-            tune_garbage_collector()
-            await stop.wait()
-            log.info("signal_received")
-    finally:
-        await the_worker.stop()
-        await rescuer.stop()
-        if probe is not None and serving is not None:
-            probe.should_exit = True
-            await serving
-        await broker.close()
-        await store.close()
+    run_loop(serve_worker(node, metrics_host=metrics_host, metrics_port=metrics_port, burst=burst))
 
 
 @cli.command()
@@ -234,23 +145,7 @@ def dev(
 def relay() -> None:
     """Run an outbox relay on its own (several may run at once)."""
     settings = load_settings()
-    run_loop(_run_relay(settings))
-
-
-async def _run_relay(settings: Settings) -> None:
-    store, broker = build_store(settings), build_broker(settings)
-    await store.open()
-    stop = _stop_on_signals()
-    the_relay = OutboxRelay(store, broker, settings.relay)
-    the_relay.start()
-    tune_garbage_collector()
-    try:
-        await stop.wait()
-        log.info("signal_received")
-    finally:
-        await the_relay.stop()
-        await broker.close()
-        await store.close()
+    run_loop(serve_relay(Node.build(settings, {Role.RELAY})))
 
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -264,9 +159,8 @@ DataOption = Annotated[
 def _keys_store(settings: Settings, data: Path | None) -> TaskStore:
     if data is None:
         return build_store(settings)
-    from krolik.store.sqlite import SqliteTaskStore
-
-    return SqliteTaskStore(data.resolve())
+    settings.embedded.path = str(data)
+    return build_store(settings, Mode.EMBEDDED)
 
 
 async def _with_store(
@@ -284,28 +178,28 @@ async def _with_store(
 def keys_create(
     name: Annotated[str, typer.Option(help="A unique name; it appears on the tasks it creates.")],
     scope: Annotated[
-        KeyScope, typer.Option(help="read: read tasks; submit: also create; admin: everything.")
-    ] = KeyScope.SUBMIT,
+        str,
+        typer.Option(
+            callback=_scope_name,
+            help="read: read tasks; submit: also create; admin: everything.",
+        ),
+    ] = "submit",
     data: DataOption = None,
 ) -> None:
     """Create a key and print it: it is shown once, only its hash is kept."""
-    from krolik.api.auth import hash_key, new_key
+    from krolik.access import hash_key, new_key
 
     settings = load_settings()
     key = new_key()
     try:
         asyncio.run(
-            _with_store(
-                settings, data, lambda s: s.create_api_key(name, scope.value, hash_key(key))
-            )
+            _with_store(settings, data, lambda s: s.create_api_key(name, scope, hash_key(key)))
         )
     except InvalidTransition as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     typer.echo(key)
-    typer.echo(
-        f"created key {name!r} with scope {scope.value}; it will not be shown again", err=True
-    )
+    typer.echo(f"created key {name!r} with scope {scope}; it will not be shown again", err=True)
 
 
 @keys_cli.command("list")

@@ -21,15 +21,11 @@ from typing import IO
 import uvicorn
 
 from krolik.api.app import create_app
-from krolik.broker.memory import MemoryBroker
 from krolik.errors import ConfigurationError
 from krolik.log import get_logger
-from krolik.maintenance import LeaseRescuer
-from krolik.metrics import Metrics
+from krolik.node import Mode, Node, Role
 from krolik.registry import Registry
 from krolik.settings import Settings
-from krolik.store.sqlite import SqliteTaskStore
-from krolik.worker import Worker
 
 log = get_logger(__name__)
 REDISPATCH_BATCH = 10_000
@@ -37,50 +33,44 @@ REDISPATCH_BATCH = 10_000
 
 @dataclass
 class Embedded:
-    """Everything ``krolik dev`` runs, built from settings; start/stop in order."""
+    """What ``krolik dev`` runs: a node of both roles on SQLite and the in-process broker,
+    plus what only one process owning its data file can do at start-up."""
 
-    settings: Settings
-    store: SqliteTaskStore
-    broker: MemoryBroker
-    worker: Worker
-    rescuer: LeaseRescuer
-    metrics: Metrics
+    node: Node
+    path: Path
     _lock: IO[bytes] = field(init=False, repr=False)
 
     @classmethod
     def build(
         cls, settings: Settings, registry: Registry, *, concurrency: int | None = None
     ) -> Embedded:
-        store = SqliteTaskStore(Path(settings.embedded.path).resolve())
-        broker = MemoryBroker()
-        metrics = Metrics()
-        worker = Worker(
-            store, broker, registry, settings, concurrency=concurrency, observer=metrics
+        node = Node.build(
+            settings,
+            {Role.API, Role.WORKER},
+            mode=Mode.EMBEDDED,
+            registry=registry,
+            concurrency=concurrency,
         )
-        rescuer = LeaseRescuer(store, settings.maintenance, metrics, broker=broker)
-        return cls(settings, store, broker, worker, rescuer, metrics)
+        return cls(node, Path(settings.embedded.path).resolve())
 
     async def start(self) -> None:
-        self._lock = _lock_data_file(self.store.path)
-        await self.store.open()
-        await self.broker.connect()
+        self._lock = _lock_data_file(self.path)
+        store = self.node.store
+        await store.open()
         # No other process can hold a lease on this file: runs of a killed process
         # go back to pending (their attempt counted) at once instead of after the lease.
-        orphans = await self.store.expire_all_leases()
+        orphans = await store.expire_all_leases()
         if orphans:
             log.warning("orphaned_runs_found", count=orphans)
-            await self.rescuer.tick()
+            assert self.node.rescuer is not None
+            await self.node.rescuer.tick()
         # The in-process broker lost its messages with the last process: send them again.
-        while await self.store.redispatch_stale(0, REDISPATCH_BATCH) >= REDISPATCH_BATCH:
+        while await store.redispatch_stale(0, REDISPATCH_BATCH) >= REDISPATCH_BATCH:
             pass
-        await self.worker.start()
-        self.rescuer.start()
+        await self.node.start()
 
     async def stop(self) -> None:
-        await self.worker.stop()
-        await self.rescuer.stop()
-        await self.broker.close()
-        await self.store.close()
+        await self.node.stop()
         self._lock.close()
 
 
@@ -127,9 +117,7 @@ async def run_embedded(
     embedded = Embedded.build(settings, registry, concurrency=concurrency)
     await embedded.start()
     try:
-        app = create_app(
-            settings, store=embedded.store, broker=embedded.broker, metrics=embedded.metrics
-        )
+        app = create_app(embedded.node)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -147,13 +135,13 @@ async def run_embedded(
             if not server.started:
                 return
             if sys.stderr.isatty():  # a person reads it
-                print(banner(host, port, embedded.store.path), file=sys.stderr, flush=True)
+                print(banner(host, port, embedded.path), file=sys.stderr, flush=True)
             else:  # a program does: one log line like every other
                 log.info(
                     "krolik_dev_listening",
                     message=f"Krolik (embedded mode) is listening on http://{host}:{port}",
                     url=f"http://{host}:{port}",
-                    data=str(embedded.store.path),
+                    data=str(embedded.path),
                 )
 
         server.startup = startup  # type: ignore[method-assign]

@@ -46,6 +46,10 @@ class IdempotencyConflict(InvalidTransition):
     """This idempotency key was used before with a different request body."""
 
 
+class SubmissionRefused(KrolikError):
+    """The submission is not acceptable as it is (a queue not allowed, a batch too big)."""
+
+
 class QueueFull(KrolikError):
     """The queue holds as many pending tasks as it may; try again later."""
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from krolik.log import get_logger
-from krolik.store.base import Task
+from krolik.store.records import Task
 
 log = get_logger(__name__)
 

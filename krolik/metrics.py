@@ -29,7 +29,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from krolik.events import Observer
-from krolik.store.base import OutboxStats, QueueStats, Task, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import OutboxStats, QueueStats, Task
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreGauges"]
 

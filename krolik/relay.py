@@ -16,13 +16,15 @@ import itertools
 import time
 from collections.abc import Iterable
 
-from krolik.broker.base import Broker, PublishResult, TaskMessage
+from krolik.broker.base import Broker, PublishResult
+from krolik.broker.wire import TaskMessage
 from krolik.errors import BrokerError, BrokerUnavailable, StoreError
 from krolik.events import Observer
 from krolik.log import get_logger
 from krolik.service import LoopService
 from krolik.settings import RelaySettings
-from krolik.store.base import OutboxEntry, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import OutboxEntry
 
 log = get_logger(__name__)
 

@@ -3,19 +3,23 @@
 ::
 
     pending ──claim──▶ processing ──complete──▶ done
-       ▲  │                │ │ │
-       │  │                │ │ └──fail, attempts left──▶ pending (run_at = now + backoff)
-       │  │                │ └────fail, none left────▶ failed
+       ▲  │ ▲              │ │ │
+       │  │ └ dispatch     │ │ └──fail, attempts left──▶ pending (run_at = now + backoff)
+       │  │   again        │ └────fail, none left────▶ failed
        │  │                ├──lease expired (rescue)─▶ pending, or failed when none left
        │  │                ├──released on shutdown──▶ pending (attempt not counted)
-       │  │                └──cancel requested───────▶ cancelled
+       │  │                └──cancel requested, then
+       │  │                   mark_cancelled─────────▶ cancelled
        │  │                   (also when a run asked to stop ends by retry, release or rescue)
-       │  └──cancel──▶ cancelled
+       │  ├──cancel──▶ cancelled
+       │  └──no worker has its handler, long enough──▶ failed
        └──retry (API)── failed | cancelled
 
-Every transition is one guarded statement in the store: it names the state it
-expects (and, for a running task, the attempt and the worker), so a duplicate
-or stale actor changes nothing.
+Every transition is one guarded statement in the store: it names the states it
+expects (and, for a running task, the run's fencing token), so a duplicate or stale
+actor changes nothing. ``ALLOWED`` is the table of them; ``TRANSITIONS`` names the
+store method behind each, and ``tests/contract/test_transitions.py`` runs every one
+from every state, on both stores, against this table.
 """
 
 from __future__ import annotations
@@ -43,41 +47,51 @@ class Transition(StrEnum):
     COMPLETE = "complete"
     FAIL = "fail"
     RETRY_LATER = "retry_later"
-    RESCUE = "rescue"
     RELEASE = "release"
+    MARK_CANCELLED = "mark_cancelled"
+    RESCUE = "rescue"
     CANCEL = "cancel"
-    CANCEL_RUNNING = "cancel_running"
+    """The API's cancel: a pending task is cancelled, a running one asked to stop."""
     RETRY = "retry"
+    FAIL_UNRUNNABLE = "fail_unrunnable"
+    DISPATCH_AGAIN = "dispatch_again"
+    """A pending task gets another outbox row (put back by a worker, or its message lost)."""
 
+
+PENDING, PROCESSING = TaskStatus.PENDING, TaskStatus.PROCESSING
+DONE, FAILED, CANCELLED = TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED
 
 ALLOWED: dict[Transition, tuple[frozenset[TaskStatus], frozenset[TaskStatus]]] = {
     # transition: (states it may start from, states it may end in)
-    Transition.CLAIM: (frozenset({TaskStatus.PENDING}), frozenset({TaskStatus.PROCESSING})),
-    Transition.COMPLETE: (frozenset({TaskStatus.PROCESSING}), frozenset({TaskStatus.DONE})),
-    Transition.FAIL: (frozenset({TaskStatus.PROCESSING}), frozenset({TaskStatus.FAILED})),
+    Transition.CLAIM: (frozenset({PENDING}), frozenset({PROCESSING})),
+    Transition.COMPLETE: (frozenset({PROCESSING}), frozenset({DONE})),
+    Transition.FAIL: (frozenset({PROCESSING}), frozenset({FAILED})),
     # a run whose cancel was requested ends cancelled instead of going back to pending
-    Transition.RETRY_LATER: (
-        frozenset({TaskStatus.PROCESSING}),
-        frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED}),
-    ),
-    Transition.RESCUE: (
-        frozenset({TaskStatus.PROCESSING}),
-        frozenset({TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.CANCELLED}),
-    ),
-    Transition.RELEASE: (
-        frozenset({TaskStatus.PROCESSING}),
-        frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED}),
-    ),
-    Transition.CANCEL: (frozenset({TaskStatus.PENDING}), frozenset({TaskStatus.CANCELLED})),
-    Transition.CANCEL_RUNNING: (
-        frozenset({TaskStatus.PROCESSING}),
-        frozenset({TaskStatus.CANCELLED}),
-    ),
-    Transition.RETRY: (
-        frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED}),
-        frozenset({TaskStatus.PENDING}),
-    ),
+    Transition.RETRY_LATER: (frozenset({PROCESSING}), frozenset({PENDING, CANCELLED})),
+    Transition.RELEASE: (frozenset({PROCESSING}), frozenset({PENDING, CANCELLED})),
+    Transition.MARK_CANCELLED: (frozenset({PROCESSING}), frozenset({CANCELLED})),
+    Transition.RESCUE: (frozenset({PROCESSING}), frozenset({PENDING, FAILED, CANCELLED})),
+    # a running task stays processing, asked to stop (cancel_requested)
+    Transition.CANCEL: (frozenset({PENDING, PROCESSING}), frozenset({CANCELLED, PROCESSING})),
+    Transition.RETRY: (frozenset({FAILED, CANCELLED}), frozenset({PENDING})),
+    Transition.FAIL_UNRUNNABLE: (frozenset({PENDING}), frozenset({FAILED})),
+    Transition.DISPATCH_AGAIN: (frozenset({PENDING}), frozenset({PENDING})),
 }
+
+TRANSITIONS: dict[Transition, tuple[str, ...]] = {
+    Transition.CLAIM: ("claim_many",),
+    Transition.COMPLETE: ("complete_many",),
+    Transition.FAIL: ("fail",),
+    Transition.RETRY_LATER: ("retry_later",),
+    Transition.RELEASE: ("release",),
+    Transition.MARK_CANCELLED: ("mark_cancelled",),
+    Transition.RESCUE: ("rescue_expired",),
+    Transition.CANCEL: ("cancel",),
+    Transition.RETRY: ("retry",),
+    Transition.FAIL_UNRUNNABLE: ("fail_unrunnable",),
+    Transition.DISPATCH_AGAIN: ("dispatch_later", "redispatch_stale"),
+}
+"""The store methods (``TaskStore``) whose guarded statements make each transition."""
 
 
 def can_apply(transition: Transition, current: TaskStatus) -> bool:

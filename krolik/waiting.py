@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from krolik.states import TaskStatus
-from krolik.store.base import Task, WorkerInfo
+from krolik.store.records import Task, WorkerInfo
 
 
 def waiting_reason(task: Task, workers: Sequence[WorkerInfo], now: datetime) -> str | None:

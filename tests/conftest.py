@@ -28,12 +28,14 @@ from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.broker.topology import Topology
 from krolik.builtin_tasks import builtin_registry
 from krolik.migrate import upgrade_async
+from krolik.node import Node, Role
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.base import Task, TaskStore
+from krolik.store.base import TaskStore
 from krolik.store.postgres import PostgresTaskStore
+from krolik.store.records import Task
 from krolik.worker import Worker
 
 IN_CI = bool(os.environ.get("CI"))
@@ -285,7 +287,7 @@ async def api(
     settings: Settings, store: TaskStore, make_broker: Callable[[], RabbitMQBroker]
 ) -> AsyncIterator[Any]:
     """An httpx client on the real app (its relay included), started with its lifespan."""
-    app = create_app(settings, store=store, broker=make_broker())
+    app = create_app(Node.build(settings, {Role.API}, store=store, broker=make_broker()))
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
@@ -310,7 +312,7 @@ async def make_api(
         async def factory(
             app_settings: Settings, *, store: TaskStore | None = None, broker: Broker | None = None
         ) -> httpx.AsyncClient:
-            app = create_app(app_settings, store=store, broker=broker)
+            app = create_app(Node.build(app_settings, {Role.API}, store=store, broker=broker))
             manager = await stack.enter_async_context(LifespanManager(app))
             client = await stack.enter_async_context(
                 httpx.AsyncClient(

@@ -1,40 +1,19 @@
-"""API keys: made by the CLI, stored hashed, sent as ``Authorization: Bearer <key>``.
-
-Scopes nest: ``read`` reads tasks and queues, ``submit`` also creates tasks,
-``admin`` also cancels and retries. Keys are random 256-bit secrets, so a plain
-SHA-256 is the right hash (no password stretching needed), and the lookup is by
-hash. Checked keys are cached per process for a few seconds.
-"""
+"""Who calls the API: the key sent as ``Authorization: Bearer <key>``, its scope, and the
+rate limit counted against it (``krolik/access.py`` holds the keys themselves)."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from krolik.api.deps import settings_of, store_of
-from krolik.api.rate_limit import RateLimiter
+from krolik.access import Scope, hash_key
+from krolik.api.deps import api_of, settings_of, store_of
 from krolik.settings import Settings
-from krolik.store.base import ApiKey, TaskStore
-
-KEY_PREFIX = "krolik_"
-
-
-class Scope(IntEnum):
-    READ = 1
-    SUBMIT = 2
-    ADMIN = 3
-
-    @classmethod
-    def parse(cls, name: str) -> Scope:
-        return cls[name.upper()]
+from krolik.store.base import TaskStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,33 +34,6 @@ class AuthError(Exception):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-class KeyCache:
-    """Keys checked recently, so a request does not cost a query to authenticate."""
-
-    def __init__(self, ttl_seconds: float) -> None:
-        self.ttl = ttl_seconds
-        self._seen: dict[str, tuple[float, ApiKey | None]] = {}
-
-    async def find(self, store: TaskStore, key_hash: str) -> ApiKey | None:
-        now = time.monotonic()
-        cached = self._seen.get(key_hash)
-        if cached is not None and now - cached[0] < self.ttl:
-            return cached[1]
-        found = await store.find_api_key(key_hash)
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        self._seen[key_hash] = (now, found)
-        return found
 
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `krolik keys create`.")
@@ -114,7 +66,7 @@ BEARER_SECURITY: list[dict[str, list[str]]] = [{bearer.scheme_name: []}]
 async def _authorize(
     request: Request, credentials: HTTPAuthorizationCredentials | None, scope: Scope
 ) -> Principal:
-    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter = api_of(request).rate_limiter
     try:
         principal = await _identify(
             request, store_of(request), settings_of(request), credentials, scope
@@ -145,7 +97,7 @@ async def _identify(
         return Principal(name=None, scope=Scope.ADMIN, client=client)
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError(401, "an API key is required: Authorization: Bearer <key>")
-    cache: KeyCache = request.app.state.key_cache
+    cache = api_of(request).keys
     key = await cache.find(store, hash_key(credentials.credentials))
     if key is None:
         raise AuthError(401, "the API key is not valid or was revoked")

@@ -10,7 +10,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from krolik.api.auth import AuthError
-from krolik.api.rate_limit import RateLimited
 from krolik.api.schemas import Problem
 from krolik.errors import (
     BrokerUnavailable,
@@ -18,9 +17,11 @@ from krolik.errors import (
     QueueFull,
     StoreConflict,
     StoreUnavailable,
+    SubmissionRefused,
     TaskNotFound,
 )
 from krolik.log import get_logger
+from krolik.rate_limit import RateLimited
 
 log = get_logger(__name__)
 RETRY_AFTER_SECONDS = "5"
@@ -82,6 +83,10 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=429,
             headers={"Retry-After": str(exc.retry_after_seconds)},
         )
+
+    @app.exception_handler(SubmissionRefused)
+    async def refused(_: Request, exc: SubmissionRefused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:

@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from krolik.states import TaskStatus
-from krolik.store.base import Task
+from krolik.store.records import Task
 
 MAX_JSON_DEPTH = 32
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"

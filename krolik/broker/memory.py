@@ -22,11 +22,9 @@ from krolik.broker.base import (
     PublishResult,
     QueueInfo,
     Subscription,
-    TaskMessage,
-    encode_messages,
-    pack,
 )
 from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER
+from krolik.broker.wire import TaskMessage, encode_messages, pack
 from krolik.errors import BrokerUnavailable
 
 

@@ -29,11 +29,9 @@ from krolik.broker.base import (
     PublishResult,
     QueueInfo,
     Subscription,
-    TaskMessage,
-    encode_messages,
-    pack_indexes,
 )
 from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER, Topology
+from krolik.broker.wire import TaskMessage, encode_messages, pack_indexes
 from krolik.errors import BrokerUnavailable
 from krolik.log import get_logger
 from krolik.settings import RabbitMQSettings

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import asyncpg
 import orjson
 from pydantic import SecretStr
-from sqlalchemy import ColumnElement, bindparam, event, func
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.types import Float
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from krolik.settings import DatabaseSettings
 from krolik.states import TaskStatus
-from krolik.store.base import Enqueued, NewTask, OutboxEntry, RunRef, Task
+from krolik.store.dialects import PostgresDialect
 from krolik.store.failures import Failure, classify, raise_classified
-from krolik.store.sql import SqlTaskStore
+from krolik.store.records import Enqueued, NewTask, OutboxEntry, RunRef, Task
+from krolik.store.sql.store import SqlTaskStore
 from krolik.store.statement_pool import StatementPool, set_json_codecs
-from krolik.store.tables import tasks
 
 
 def json_dumps(value: Any) -> str:
@@ -178,14 +176,12 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
 
 
 class PostgresTaskStore(SqlTaskStore):
-    """Uses the database clock, so leases mean the same on every machine.
-
-    The hot statements go straight to asyncpg, on connections of a pool of their own
-    (``statement_pool.py``) to the same database; everything else through SQLAlchemy.
-    """
+    """The statements of ``store/sql/`` through SQLAlchemy, and PostgreSQL's own hot ones
+    (above) straight to asyncpg, on connections of a pool of their own
+    (``statement_pool.py``) to the same database."""
 
     def __init__(self, engine: AsyncEngine, *, pool_size: int = 10, timeout: float = 5.0) -> None:
-        super().__init__(engine)
+        super().__init__(engine, PostgresDialect())
         self.settings: DatabaseSettings | None = None
         _, connect_args = engine.dialect.create_connect_args(engine.url)
 
@@ -222,22 +218,7 @@ class PostgresTaskStore(SqlTaskStore):
         await self.statements.close()
         await super().close()
 
-    def _now(self) -> ColumnElement[datetime]:
-        return func.now()
-
-    def _clock(self) -> ColumnElement[datetime]:
-        # clock_timestamp, not now(): a finish time is the moment of finishing,
-        # not the start of the transaction.
-        return func.clock_timestamp()
-
-    def _later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
-        return func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
-
-    def _ago(self, seconds: float) -> ColumnElement[datetime]:
-        return func.now() - func.make_interval(
-            0, 0, 0, 0, 0, 0, bindparam(None, float(seconds), type_=Float)
-        )
-
+    # -- the hot statements ------------------------------------------------------------
     async def enqueue(
         self,
         new_tasks: Sequence[NewTask],
@@ -245,42 +226,30 @@ class PostgresTaskStore(SqlTaskStore):
         claim_outbox_seconds: float | None = None,
         refuse_mismatch: bool = False,
     ) -> list[Enqueued]:
-        if not new_tasks or any(new.idempotency_key is not None for new in new_tasks):
-            return await super().enqueue(
-                new_tasks,
-                claim_outbox_seconds=claim_outbox_seconds,
-                refuse_mismatch=refuse_mismatch,
-            )
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
-        for new in new_tasks:
-            for column, value in zip(
-                columns,
-                (
-                    new.name,
-                    new.queue,
-                    json_dumps(new.payload),
-                    new.max_attempts,
-                    new.timeout_seconds,
-                    new.request_id,
-                    new.created_by,
-                    new.run_at.astimezone(UTC) if new.run_at is not None else None,
-                    float(new.delay_seconds or 0),
-                ),
-                strict=True,
-            ):
-                column.append(value)
-        try:
-            records = await self._fetch(
-                ENQUEUE_SQL,
-                *columns,
-                None if claim_outbox_seconds is None else float(claim_outbox_seconds),
-            )
-        except asyncpg.PostgresError:
-            # Data PostgreSQL refuses: the general path raises the same error as every
-            # other statement of the store does (nothing of the batch was written).
-            return await super().enqueue(new_tasks, claim_outbox_seconds=claim_outbox_seconds)
-        # The statement pool's codecs already decoded the JSON columns.
-        return [_enqueued(record) for record in records]
+        """Tasks without keys (nearly every submission): ENQUEUE_SQL alone, one round trip
+        on the statement pool. A batch with keys takes the general path, in one
+        transaction, where the same statement inserts its plain tasks."""
+        if new_tasks and all(new.idempotency_key is None for new in new_tasks):
+            arguments = _enqueue_arguments(new_tasks, claim_outbox_seconds)
+            try:
+                records = await self._fetch(ENQUEUE_SQL, *arguments)
+            except asyncpg.PostgresError:
+                # Data PostgreSQL refuses: the general path raises the same error as every
+                # other statement of the store does (nothing of the batch was written).
+                pass
+            else:
+                # The statement pool's codecs already decoded the JSON columns.
+                return [_enqueued(record) for record in records]
+        return await super().enqueue(
+            new_tasks, claim_outbox_seconds=claim_outbox_seconds, refuse_mismatch=refuse_mismatch
+        )
+
+    async def _insert_plain(
+        self, conn: AsyncConnection, new_tasks: Sequence[NewTask], claim_seconds: float | None
+    ) -> list[Enqueued]:
+        arguments = tuple(_enqueue_arguments(new_tasks, claim_seconds))  # one set, not many
+        result = await conn.exec_driver_sql(ENQUEUE_SQL, arguments)
+        return [_enqueued(row) for row in result.all()]
 
     async def claim_many(
         self,
@@ -341,5 +310,25 @@ class PostgresTaskStore(SqlTaskStore):
             raise_classified(exc)
             raise
 
-    def _insert_task(self) -> Any:
-        return pg_insert(tasks)
+
+def _enqueue_arguments(new_tasks: Sequence[NewTask], claim_seconds: float | None) -> list[Any]:
+    """ENQUEUE_SQL's arguments: one array per column, then the claim's seconds."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
+    for new in new_tasks:
+        for column, value in zip(
+            columns,
+            (
+                new.name,
+                new.queue,
+                json_dumps(new.payload),
+                new.max_attempts,
+                new.timeout_seconds,
+                new.request_id,
+                new.created_by,
+                new.run_at.astimezone(UTC) if new.run_at is not None else None,
+                float(new.delay_seconds or 0),
+            ),
+            strict=True,
+        ):
+            column.append(value)
+    return [*columns, None if claim_seconds is None else float(claim_seconds)]

@@ -1,27 +1,32 @@
 """The SQLite store: the source of truth of the embedded mode (``krolik dev``).
 
-The same statements as PostgreSQL (see ``sql.py``); SQLite has one writer at a
-time, so the store keeps one connection and transactions take turns on it. WAL
-with ``synchronous=NORMAL`` keeps every committed transaction across a crash of
-the process (kill -9 included).
+The statements of ``store/sql/`` plus SQLite's own hot ones (in Core, here). SQLite has
+one writer at a time, so the store keeps one connection and transactions take turns on
+it; a batch of claims or completions is one transaction. WAL with
+``synchronous=NORMAL`` keeps every committed transaction across a crash of the process
+(kill -9 included). Times are SQLite functions of the connection
+(``store/dialects.py``), evaluated when the statement runs: a lease computed before
+the wait for the connection would be short by that wait.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, event
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import and_, case, delete, event, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
-from sqlalchemy.sql.functions import Function
 
 from krolik.migrate import upgrade_async
-from krolik.store.sql import SqlTaskStore
-from krolik.store.tables import Timestamp, tasks
+from krolik.store.dialects import SQLITE_FUNCTIONS, SqliteDialect
+from krolik.store.records import Enqueued, NewTask, OutboxEntry, RunRef, Task
+from krolik.store.sql.core import DONE, PENDING, PROCESSING
+from krolik.store.sql.rows import row_to_task
+from krolik.store.sql.store import SqlTaskStore
+from krolik.store.tables import outbox, tasks
 
 
 def sqlite_url(path: Path | str) -> str:
@@ -45,20 +50,6 @@ def _json_loads(value: bytes | str | float) -> Any:
     return orjson.loads(value)
 
 
-NOW_FUNCTION = "krolik_now"
-LATER_FUNCTION = "krolik_later"
-STORAGE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-"""How SQLAlchemy stores a DateTime in SQLite: text that sorts as time does."""
-
-
-def _now_text() -> str:
-    return datetime.now(UTC).strftime(STORAGE_FORMAT)
-
-
-def _later_text(seconds: float | None) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds or 0)).strftime(STORAGE_FORMAT)
-
-
 def create_engine(path: Path | str) -> AsyncEngine:
     engine = create_async_engine(
         sqlite_url(path),
@@ -78,42 +69,131 @@ def create_engine(path: Path | str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
-        dbapi_connection.create_function(NOW_FUNCTION, 0, _now_text)
-        dbapi_connection.create_function(LATER_FUNCTION, 1, _later_text)
+        for name, (arguments, function) in SQLITE_FUNCTIONS.items():
+            dbapi_connection.create_function(name, arguments, function)
 
     return engine
 
 
 class SqliteTaskStore(SqlTaskStore):
-    """One file, one writer; migrated to the current schema when opened.
-
-    Times are SQLite functions of the connection (``krolik_now``, ``krolik_later``),
-    evaluated when the statement runs: transactions take turns on one connection, and a
-    lease computed before the wait for it would be short by that wait.
-    """
+    """One file, one writer; migrated to the current schema when opened."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        super().__init__(create_engine(self.path))
-
-    def sibling(self) -> SqliteTaskStore:
-        return SqliteTaskStore(self.path)
-
-    def _now(self) -> ColumnElement[datetime]:
-        return Function(NOW_FUNCTION, type_=Timestamp)
-
-    def _clock(self) -> ColumnElement[datetime]:
-        return Function(NOW_FUNCTION, type_=Timestamp)
-
-    def _later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
-        return Function(LATER_FUNCTION, seconds, type_=Timestamp)
-
-    def _ago(self, seconds: float) -> ColumnElement[datetime]:
-        return self._later(-seconds)
+        super().__init__(create_engine(self.path), SqliteDialect())
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await upgrade_async(sqlite_url(self.path))
 
-    def _insert_task(self) -> Any:
-        return sqlite_insert(tasks)
+    def sibling(self) -> SqliteTaskStore:
+        return SqliteTaskStore(self.path)
+
+    # -- the hot statements ------------------------------------------------------------
+    async def _insert_plain(
+        self, conn: AsyncConnection, new_tasks: Sequence[NewTask], claim_seconds: float | None
+    ) -> list[Enqueued]:
+        rows = (
+            (
+                await conn.execute(
+                    self.dialect.insert(tasks)
+                    .values(**self._new_task_values())
+                    .returning(*tasks.c, sort_by_parameter_order=True),
+                    [self._new_task_params(new) for new in new_tasks],
+                )
+            )
+            .mappings()
+            .all()
+        )
+        claimed_until = self._claimed_until(new_tasks, claim_seconds)
+        entries = await self._dispatch(conn, rows, claimed_until)
+        return [
+            Enqueued(row_to_task(row), created=True, outbox=entry)
+            for row, entry in zip(rows, entries, strict=True)
+        ]
+
+    async def claim_many(
+        self,
+        task_ids: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task | None]:
+        if not task_ids or not handlers:
+            return [None] * len(task_ids)
+        now, clock = self.dialect.now(), self.dialect.clock()
+        default_max = case(dict(handlers), value=tasks.c.name)
+        answers: list[Task | None] = []
+        async with self._tx() as conn:
+            for task_id in task_ids:
+                stmt = (
+                    update(tasks)
+                    .where(
+                        tasks.c.id == task_id,
+                        tasks.c.status == PENDING,
+                        tasks.c.run_at <= now,
+                        tasks.c.name.in_(list(handlers)),
+                    )
+                    .values(
+                        status=PROCESSING,
+                        attempts=tasks.c.attempts + 1,
+                        run_token=tasks.c.run_token + 1,
+                        max_attempts=func.coalesce(tasks.c.max_attempts, default_max),
+                        worker_id=worker_id,
+                        lease_expires_at=self.dialect.later(lease_seconds),
+                        started_at=clock,
+                        updated_at=clock,
+                    )
+                    .returning(*tasks.c)
+                )
+                row = (await conn.execute(stmt)).mappings().first()
+                answers.append(row_to_task(row) if row else None)
+        return answers
+
+    async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
+        answers: list[bool] = []
+        async with self._tx() as conn:
+            for run, result in completions:
+                stmt = self._finish_stmt(
+                    run, status=DONE, result=result, error=None, traceback=None
+                )
+                answers.append((await conn.execute(stmt)).first() is not None)
+        return answers
+
+    async def claim_outbox(
+        self, limit: int, claim_seconds: float, *, skip_queues: Sequence[str] = ()
+    ) -> list[OutboxEntry]:
+        now = self.dialect.now()
+        condition = and_(
+            outbox.c.available_at <= now,
+            or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+        )
+        if skip_queues:
+            condition = and_(condition, outbox.c.queue.not_in(list(skip_queues)))
+        due = (
+            select(outbox.c.id)
+            .where(condition)
+            .order_by(outbox.c.available_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(outbox)
+            .where(outbox.c.id.in_(due))
+            .values(claimed_until=self.dialect.later(claim_seconds))
+            .returning(outbox.c.id, outbox.c.task_id, outbox.c.queue, outbox.c.name)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        entries = [
+            OutboxEntry(id=r.id, task_id=r.task_id, queue=r.queue, name=r.name) for r in rows
+        ]
+        entries.sort(key=lambda entry: entry.id)
+        return entries
+
+    async def delete_outbox(self, entry_ids: Sequence[int]) -> None:
+        if not entry_ids:
+            return
+        async with self._tx() as conn:
+            await conn.execute(delete(outbox).where(outbox.c.id.in_(list(entry_ids))))

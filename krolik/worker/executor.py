@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from krolik.registry import Handler, TaskContext
-from krolik.store.base import RunRef, Task
+from krolik.store.records import RunRef, Task
 
 
 class StopReason(StrEnum):

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from krolik.events import Observer
 from krolik.log import get_logger
-from krolik.store.base import RunRef, TaskStore, WorkerInfo
+from krolik.store.base import TaskStore
+from krolik.store.records import RunRef, WorkerInfo
 
 log = get_logger(__name__)
 

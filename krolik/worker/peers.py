@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 
-from krolik.store.base import TaskStore, WorkerInfo
+from krolik.store.base import TaskStore
+from krolik.store.records import WorkerInfo
 
 CACHE_SECONDS = 2.0
 

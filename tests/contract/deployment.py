@@ -21,7 +21,8 @@ from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.builtin_tasks import builtin_registry
 from krolik.registry import Registry
 from krolik.settings import Settings
-from krolik.store.base import NewTask, Task, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import NewTask, Task
 from krolik.worker import Worker
 from tests.conftest import AMQP_URL, test_settings
 from tests.support.amqp import publish_raw

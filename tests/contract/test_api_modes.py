@@ -59,7 +59,7 @@ async def embedded_client(
     embedded = Embedded.build(settings, builtin_registry.merged(handlers))
     await embedded.start()
     try:
-        app = create_app(settings, store=embedded.store, broker=embedded.broker)
+        app = create_app(embedded.node)
         async with (
             LifespanManager(app) as manager,
             httpx.AsyncClient(

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
-from krolik.broker.base import Broker, Delivery, Subscription, TaskMessage, encode_messages
+from krolik.broker.base import Broker, Delivery, Subscription
 from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER
+from krolik.broker.wire import TaskMessage, encode_messages
 from krolik.errors import BrokerUnavailable
 
 DEFAULT = "default"

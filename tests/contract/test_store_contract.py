@@ -17,8 +17,9 @@ from sqlalchemy import event, update
 
 from krolik.errors import InvalidTransition, TaskNotFound
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, OutboxEntry, RunRef, Task, TaskFilter, TaskStore
-from krolik.store.sql import SqlTaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import NewTask, OutboxEntry, RunRef, Task, TaskFilter
+from krolik.store.sql.store import SqlTaskStore
 from krolik.store.tables import tasks
 
 T = TypeVar("T")

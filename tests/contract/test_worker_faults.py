@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from krolik.broker.base import TaskMessage
+from krolik.broker.wire import TaskMessage
 from krolik.errors import StoreConflict, StoreUnavailable
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay

@@ -22,14 +22,16 @@ from typing import Any
 import orjson
 import pytest
 
-from krolik.broker.base import Delivery, TaskMessage
+from krolik.broker.base import Delivery
 from krolik.broker.memory import MemoryBroker
 from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER
+from krolik.broker.wire import TaskMessage
 from krolik.builtin_tasks import builtin_registry
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay
 from krolik.states import TaskStatus
-from krolik.store.base import Task, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import Task
 from krolik.store.sqlite import SqliteTaskStore
 from krolik.worker import Worker
 from tests.conftest import test_settings, wait_for_task

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from krolik.states import TaskStatus
-from krolik.store.base import Task, TaskFilter
 from krolik.store.postgres import PostgresTaskStore
+from krolik.store.records import Task, TaskFilter
 from tests.conftest import AMQP_URL
 from tests.e2e.conftest import Cluster, wait_until
 from tests.support.proxy import TcpProxy

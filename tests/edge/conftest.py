@@ -2,7 +2,7 @@
 over the real PostgreSQL and RabbitMQ of ``tests/conftest.py``, API keys, a TCP proxy
 to cut PostgreSQL away, and captured structured logs.
 
-Apps are built with ``create_app(test_settings(...), store=..., broker=...)`` and run
+Apps are built with ``create_app(Node.build(test_settings(...), {Role.API}, ...))`` and run
 inside their lifespan (``LifespanManager``), reached through ``httpx.ASGITransport``.
 The transport is told not to re-raise app exceptions, so an unexpected 500 shows up
 as a status code in an assertion message instead of as a crash of the test.
@@ -24,10 +24,11 @@ import pytest
 import structlog
 from asgi_lifespan import LifespanManager
 
+from krolik.access import hash_key, new_key
 from krolik.api.app import create_app
-from krolik.api.auth import hash_key, new_key
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.log import configure_logging
+from krolik.node import Node, Role
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
 from krolik.store.postgres import PostgresTaskStore
@@ -83,7 +84,9 @@ async def make_client(
             app_settings = settings or make_settings(**overrides)
             broker = make_broker()
             await broker.connect()  # so /health/ready is ready from the first request
-            app = create_app(app_settings, store=the_store or store, broker=broker)
+            app = create_app(
+                Node.build(app_settings, {Role.API}, store=the_store or store, broker=broker)
+            )
             manager = await stack.enter_async_context(LifespanManager(app))
             transport = httpx.ASGITransport(
                 app=manager.app, client=client, raise_app_exceptions=False

@@ -14,7 +14,8 @@ import pytest
 
 from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import NewTask
 from tests.edge.conftest import AppClient, MakeKey, bearer, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -16,13 +16,15 @@ from krolik.api.app import create_app
 from krolik.api.direct import DirectRoutes
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.metrics import Metrics
+from krolik.node import Node, Role
 from krolik.settings import Settings
-from krolik.store.base import Enqueued, NewTask, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import Enqueued, NewTask
 from tests.edge.conftest import BASE_URL, AppClient
 
 
 def _http_requests(client: httpx.AsyncClient, route: str, status: str) -> float | None:
-    metrics: Metrics = client.app.state.metrics  # type: ignore[attr-defined]
+    metrics: Metrics = client.app.state.node.metrics  # type: ignore[attr-defined]
     labels = {"method": "POST", "route": route, "status": status}
     return metrics.registry.get_sample_value("krolik_http_requests_total", labels)
 
@@ -96,7 +98,7 @@ async def test_behind_a_path_prefix_the_router_serves_it(
 ):
     broker = make_broker()
     await broker.connect()
-    app = create_app(make_settings(), store=store, broker=broker)
+    app = create_app(Node.build(make_settings(), {Role.API}, store=store, broker=broker))
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, root_path="/krolik")
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as api:

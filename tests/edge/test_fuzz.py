@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 
 from krolik.api.app import create_app
 from krolik.broker.rabbitmq import RabbitMQBroker
+from krolik.node import Node, Role
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
 from tests.conftest import AMQP_URL
@@ -61,7 +62,8 @@ def _operations() -> list[Any]:
 
     Data that does not fit the schema is generated only where there is an input to spoil.
     """
-    document = create_app(Settings(_env_file=None, debug=True)).openapi()  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, debug=True)  # type: ignore[call-arg]
+    document = create_app(Node.build(settings, {Role.API})).openapi()
     found = []
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -85,7 +87,7 @@ async def krolik_schema(
     ends. ``store`` is requested for its clean tables.
     """
     del store
-    app = create_app(make_settings(debug=True))
+    app = create_app(Node.build(make_settings(debug=True), {Role.API}))
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan
         with asgi.get_client(app) as client:
@@ -96,7 +98,7 @@ async def krolik_schema(
         yield schema
     finally:
         asgi.shutdown_lifespans()  # the app closes its own store and broker
-        broker: RabbitMQBroker = app.state.broker
+        broker: RabbitMQBroker = app.state.node.broker
         connection = await aio_pika.connect(AMQP_URL, timeout=5)
         async with connection:
             channel = await connection.channel()

@@ -10,7 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from krolik.store.base import TaskFilter, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import TaskFilter
 from tests.edge.conftest import AppClient
 
 MiB = 1_048_576

@@ -12,6 +12,7 @@ from asgi_lifespan import LifespanManager
 
 from krolik.api.app import create_app
 from krolik.broker.rabbitmq import RabbitMQBroker
+from krolik.node import Node, Role
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
@@ -22,9 +23,10 @@ from tests.edge.conftest import BASE_URL, wait_until
 async def test_second_lifespan_relays_again(
     store: TaskStore, make_settings: Callable[..., Settings]
 ):
-    app = create_app(make_settings())  # owns its store and broker: closes them at shutdown
-    relay: OutboxRelay = app.state.relay
-    broker: RabbitMQBroker = app.state.broker
+    # The node owns its store and broker: it closes them at shutdown.
+    app = create_app(Node.build(make_settings(), {Role.API}))
+    relay: OutboxRelay = app.state.node.relay
+    broker: RabbitMQBroker = app.state.node.broker
     try:
         for run in range(2):
             async with (

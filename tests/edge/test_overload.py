@@ -12,11 +12,12 @@ import httpx
 import orjson
 import pytest
 
-from krolik.api.admission import COUNT_TTL_SECONDS
 from krolik.errors import StoreUnavailable
 from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, TaskFilter, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import NewTask, TaskFilter
+from krolik.submit import COUNT_TTL_SECONDS
 from tests.edge.conftest import (
     DB_PASSWORD,
     AppClient,

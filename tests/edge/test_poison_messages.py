@@ -12,13 +12,14 @@ from typing import Any
 import aio_pika
 import pytest
 
-from krolik.broker.base import TaskMessage
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER, Topology
+from krolik.broker.wire import TaskMessage
 from krolik.metrics import Metrics
 from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, TaskStore
+from krolik.store.base import TaskStore
+from krolik.store.records import NewTask
 from krolik.worker import Worker
 from tests.conftest import AMQP_URL, wait_for_task
 from tests.edge.conftest import wait_until

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from krolik.api.rate_limit import RateLimited, RateLimiter
+from krolik.rate_limit import RateLimited, RateLimiter
 from krolik.settings import RateLimitSettings
 from tests.conftest import service_missing
 

@@ -11,7 +11,7 @@ import httpx
 import orjson
 
 from krolik.settings import Settings
-from krolik.store.base import NewTask
+from krolik.store.records import NewTask
 from tests.edge.conftest import DB_PASSWORD, AppClient, MakeKey, ProxiedStore, bearer, unique
 
 AMQP_PASSWORD = "amqp-s3cret-pw"

@@ -10,8 +10,8 @@ import pytest
 
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.errors import StoreUnavailable
-from krolik.store.base import NewTask
 from krolik.store.postgres import PostgresTaskStore
+from krolik.store.records import NewTask
 from tests.conftest import new_database, test_settings
 
 

@@ -25,7 +25,7 @@ from krolik.relay import OutboxRelay
 from krolik.settings import DatabaseSettings, RabbitMQSettings, Settings
 from krolik.store.base import TaskStore
 from krolik.store.postgres import PostgresTaskStore
-from krolik.store.sql import SqlTaskStore
+from krolik.store.sql.store import SqlTaskStore
 from krolik.store.tables import outbox, tasks
 from krolik.worker import Worker
 from tests.conftest import AMQP_URL, PG_HOST, PG_PORT, close_and_delete, pg_url, test_settings

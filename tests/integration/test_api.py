@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from krolik.broker.base import TaskMessage
+from krolik.broker.wire import TaskMessage
 from krolik.registry import Registry
 from krolik.states import TaskStatus
 from tests.conftest import wait_for_task
@@ -278,7 +278,7 @@ async def test_health_and_readiness(api):
     alive = await api.get("/health")
     assert alive.status_code == 200
     assert alive.json()["status"] == "ok"
-    await api.app.state.relay.wait_tick()  # the relay connected the broker
+    await api.app.state.node.relay.wait_tick()  # the relay connected the broker
     ready = await api.get("/health/ready")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
@@ -288,7 +288,7 @@ async def test_postgresql_down_is_503_with_retry_after_not_500(
     settings, proxied_store, pg_proxy, make_api, make_broker
 ):
     api = await make_api(settings, store=proxied_store, broker=make_broker())
-    await api.app.state.relay.wait_tick()
+    await api.app.state.node.relay.wait_tick()
     assert (await api.get("/health/ready")).status_code == 200
     task = await create(api, name="echo", payload=1, delay_seconds=3600)
 

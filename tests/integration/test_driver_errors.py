@@ -21,8 +21,8 @@ import pytest
 from krolik.registry import Registry
 from krolik.settings import DatabaseSettings, Settings
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask
 from krolik.store.postgres import PostgresTaskStore
+from krolik.store.records import NewTask
 from krolik.worker import Worker
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, pg_url, wait_for_task
 from tests.integration.conftest import queue_depth, stop_consuming, topology_of

@@ -16,7 +16,7 @@ from sqlalchemy import text, update
 
 from krolik.registry import Registry
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, RunRef
+from krolik.store.records import NewTask, RunRef
 from krolik.store.tables import tasks
 from tests.conftest import wait_for_task
 from tests.support.waiting import wait_until

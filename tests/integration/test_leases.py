@@ -8,7 +8,7 @@ import asyncio
 
 from krolik.registry import Registry
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, RunRef
+from krolik.store.records import NewTask, RunRef
 from tests.conftest import wait_for_task
 from tests.integration.conftest import outbox_count, stop_consuming
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from krolik.broker.base import TaskMessage
+from krolik.broker.wire import TaskMessage
 from krolik.registry import Registry
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, RunRef
+from krolik.store.records import NewTask, RunRef
 from tests.conftest import wait_for_task
 from tests.integration.conftest import queue_depth, stop_consuming, topology_of, wait_until
 

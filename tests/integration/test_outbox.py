@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from krolik.broker.base import TaskMessage
+from krolik.broker.wire import TaskMessage
 from krolik.registry import Registry
 from krolik.relay import handing_over
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask, TaskFilter
+from krolik.store.records import NewTask, TaskFilter
 from krolik.store.tables import outbox, tasks
 from tests.conftest import wait_for_task
 from tests.integration.conftest import (
@@ -199,7 +199,7 @@ async def test_api_accepts_tasks_while_rabbitmq_is_down_and_they_run_once_it_is_
     await make_worker()
     await rabbit_proxy.cut()
     api = await make_api(settings, store=store, broker=proxied_broker())
-    relay = api.app.state.relay
+    relay = api.app.state.node.relay
     await relay.wait_tick()  # it tried to connect, and could not
     ready = await api.get("/health/ready")  # (this also opens the store's first connection)
     assert ready.status_code == 503

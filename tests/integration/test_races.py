@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask
+from krolik.store.records import NewTask
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from krolik.maintenance import LeaseRescuer
-from krolik.store.base import NewTask
+from krolik.store.records import NewTask
 from tests.integration.conftest import outbox_count, queue_depth, topology_of
 from tests.support.waiting import wait_until
 

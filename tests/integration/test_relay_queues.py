@@ -17,10 +17,10 @@ from typing import Any
 import aio_pika
 import pytest
 
-from krolik.broker.base import TaskMessage
+from krolik.broker.wire import TaskMessage
 from krolik.events import Observer
 from krolik.relay import OutboxRelay
-from krolik.store.base import NewTask
+from krolik.store.records import NewTask
 from tests.conftest import AMQP_URL
 from tests.integration.conftest import outbox_count, topology_of
 from tests.support.waiting import wait_until

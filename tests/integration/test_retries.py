@@ -8,11 +8,11 @@ import asyncio
 
 import aio_pika
 
-from krolik.broker.base import TaskMessage
 from krolik.broker.topology import ORIGIN_HEADER, REASON_HEADER
+from krolik.broker.wire import TaskMessage
 from krolik.registry import Registry
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask
+from krolik.store.records import NewTask
 from tests.conftest import wait_for_task
 from tests.integration.conftest import queue_depth, topology_of, wait_until
 

@@ -9,8 +9,8 @@ import time
 
 from krolik.registry import Registry
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask
 from krolik.store.postgres import PostgresTaskStore
+from krolik.store.records import NewTask
 from tests.conftest import wait_for_task
 from tests.integration.conftest import outbox_count, queue_depth, topology_of, wait_until
 

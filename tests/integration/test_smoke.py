@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from krolik.states import TaskStatus
-from krolik.store.base import NewTask
+from krolik.store.records import NewTask
 from tests.conftest import wait_for_task
 
 

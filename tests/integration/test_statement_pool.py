@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from krolik.errors import StoreUnavailable
-from krolik.store.base import NewTask
 from krolik.store.postgres import PostgresTaskStore
+from krolik.store.records import NewTask
 from krolik.store.statement_pool import StatementPool, set_json_codecs
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, test_settings
 

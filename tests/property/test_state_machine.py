@@ -63,9 +63,9 @@ from sqlalchemy import delete, literal, select
 from krolik.errors import InvalidTransition, TaskNotFound
 from krolik.settings import DatabaseSettings
 from krolik.states import FINAL_STATES, TaskStatus
-from krolik.store.base import NewTask, RescuedTask, RunRef, Task
 from krolik.store.postgres import PostgresTaskStore
-from krolik.store.sql import SqlTaskStore
+from krolik.store.records import NewTask, RescuedTask, RunRef, Task
+from krolik.store.sql.store import SqlTaskStore
 from krolik.store.sqlite import SqliteTaskStore
 from krolik.store.tables import Timestamp, outbox, tasks
 from tests.conftest import pg_url

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from krolik.api.schemas import TaskCreated, TaskDetail, TaskOut
 from krolik.states import TaskStatus
-from krolik.store.base import Task
+from krolik.store.records import Task
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 json_values = st.recursive(

@@ -10,12 +10,13 @@ from fastapi.routing import APIRoute
 from krolik.api.app import create_app
 from krolik.api.direct import DirectRoutes
 from krolik.api.routes import tasks
+from krolik.node import Node, Role
 from krolik.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def direct() -> DirectRoutes:
-    app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
+    app = create_app(Node.build(Settings(_env_file=None), {Role.API}))  # type: ignore[call-arg]
     return DirectRoutes(app, tasks.router, tasks.DIRECT_ENDPOINTS)
 
 

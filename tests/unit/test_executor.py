@@ -10,7 +10,7 @@ import pytest
 
 from krolik.registry import Handler, Registry, TaskContext
 from krolik.states import TaskStatus
-from krolik.store.base import RunRef, Task
+from krolik.store.records import RunRef, Task
 from krolik.worker.executor import Outcome, OutcomeKind, Run, StopReason, execute
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -17,14 +17,15 @@ from krolik.heap import (
     YOUNG_THRESHOLD,
     tune_garbage_collector,
 )
+from krolik.node import Node, Role
 from krolik.store.sqlite import SqliteTaskStore
 from tests.conftest import test_settings
 
 
-class Node:
+class Link:
     """A cycle of these is garbage only the collector can free."""
 
-    partner: Node | None = None
+    partner: Link | None = None
 
 
 @pytest.fixture
@@ -34,11 +35,11 @@ def unfrozen() -> None:
 
 
 def test_garbage_is_collected_before_the_freeze(unfrozen: None) -> None:
-    first, second = Node(), Node()
+    first, second = Link(), Link()
     first.partner, second.partner = second, first
     garbage = weakref.ref(first)
     del first, second
-    alive = Node()
+    alive = Link()
 
     tune_garbage_collector()
 
@@ -50,7 +51,9 @@ def test_garbage_is_collected_before_the_freeze(unfrozen: None) -> None:
 
 async def test_the_api_freezes_its_heap_once_started(unfrozen: None, tmp_path: Path) -> None:
     store = SqliteTaskStore(tmp_path / "krolik.sqlite3")
-    app = create_app(test_settings("unused", "heap"), store=store, broker=MemoryBroker())
+    app = create_app(
+        Node.build(test_settings("unused", "heap"), {Role.API}, store=store, broker=MemoryBroker())
+    )
     assert gc.get_freeze_count() == 0
     try:
         async with LifespanManager(app):

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from krolik.broker.base import (
+from krolik.broker.wire import (
     MAX_TASKS_PER_MESSAGE,
     MalformedMessage,
     TaskMessage,

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from krolik.api.app import create_app
+from krolik.node import Node, Role
 from krolik.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
-    return create_app(Settings(_env_file=None)).openapi()  # type: ignore[call-arg]
+    return create_app(Node.build(Settings(_env_file=None), {Role.API})).openapi()  # type: ignore[call-arg]
 
 
 def test_create_documents_the_task_body(document: dict[str, Any]) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from krolik.api.deps import api_of, node_of
 from krolik.errors import StoreError
 from krolik.log import get_logger
-from krolik.metrics import CONTENT_TYPE_LATEST, Metrics, StoreGauges
+from krolik.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["operations"])
 log = get_logger(__name__)
@@ -14,8 +15,7 @@ log = get_logger(__name__)
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    counters: Metrics = request.app.state.metrics
-    gauges: StoreGauges = request.app.state.gauges
+    counters, gauges = node_of(request).metrics, api_of(request).gauges
     try:
         await gauges.refresh()
     except StoreError as exc:  # counters still tell something; the gauges keep their last values

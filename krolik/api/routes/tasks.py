@@ -9,27 +9,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from krolik.api.admission import Admission
+from krolik.access import Scope
 from krolik.api.auth import (
     BEARER_SECURITY,
     AdminAccess,
     Principal,
     ReadAccess,
-    Scope,
     SubmitAccess,
     authorize,
 )
-from krolik.api.deps import (
-    RelayDep,
-    SettingsDep,
-    StoreDep,
-    observer_of,
-    relay_of,
-    settings_of,
-    store_of,
-)
+from krolik.api.deps import RelayDep, SettingsDep, StoreDep, settings_of, submitter_of
 from krolik.api.errors import GUARDED_RESPONSES, BadRequest
 from krolik.api.json_body import read_json_body
 from krolik.api.schemas import (
@@ -46,14 +37,12 @@ from krolik.api.schemas import (
     TaskPage,
     ValidationProblem,
 )
-from krolik.batching import MicroBatcher
 from krolik.builtin_tasks import DEFAULT_TASK_NAME
-from krolik.errors import IdempotencyConflict, TaskNotFound
+from krolik.errors import TaskNotFound
 from krolik.log import current_request_id
-from krolik.relay import OutboxRelay, handing_over
 from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.base import Enqueued, NewTask, TaskFilter
+from krolik.store.records import NewTask, TaskFilter
 from krolik.waiting import waiting_reason
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=GUARDED_RESPONSES)
@@ -98,28 +87,7 @@ async def _create(request: Request) -> Response:
     # by hand, not as FastAPI dependencies; CREATE_OPERATION documents both.
     caller = await authorize(request, Scope.SUBMIT)
     body = await read_json_body(request, TaskCreate)
-    store, settings = store_of(request), settings_of(request)
-    relay, observer = relay_of(request), observer_of(request)
-    admission: Admission = request.app.state.admission
-    await admission.admit(store, body.queue or settings.default_queue)
-    new = _new_task(body, settings, caller)
-    # Keyed submissions take a few more statements (and may wait on a concurrent one
-    # with the same key): their own group commit keeps them from holding up plain ones.
-    committer: MicroBatcher[NewTask, Enqueued] = (
-        request.app.state.committer
-        if new.idempotency_key is None
-        else request.app.state.keyed_committer
-    )
-    enqueued = await committer.submit(new)
-    if enqueued.mismatch:
-        raise IdempotencyConflict(
-            f"the idempotency key {new.idempotency_key!r} was used before with a different "
-            "request body; send a new key for a new task"
-        )
-    if enqueued.created:
-        observer.task_submitted(enqueued.task)
-        if relay is not None:
-            _publish_soon(relay, [enqueued])
+    enqueued = await submitter_of(request).submit(_new_task(body, settings_of(request), caller))
     # Written directly: FastAPI would validate and dump the answer once more.
     return Response(
         TaskCreated.json_of(enqueued.task),
@@ -140,38 +108,13 @@ async def create_batch(
     caller: SubmitAccess,
     request: Request,
 ) -> TaskBatchCreated:
-    store, settings = store_of(request), settings_of(request)
-    relay, observer = relay_of(request), observer_of(request)
-    if len(body.tasks) > settings.api.max_batch_size:
-        raise HTTPException(
-            422, f"a batch holds at most {settings.api.max_batch_size} tasks, not {len(body.tasks)}"
-        )
-    admission: Admission = request.app.state.admission
-    for queue in {item.queue or settings.default_queue for item in body.tasks}:
-        await admission.admit(store, queue)
-    enqueued = await store.enqueue(
-        [_new_task(item, settings, caller) for item in body.tasks],
-        claim_outbox_seconds=handing_over(relay),
-        refuse_mismatch=True,
+    settings = settings_of(request)
+    enqueued = await submitter_of(request).submit_many(
+        [_new_task(item, settings, caller) for item in body.tasks]
     )
-    for item in enqueued:
-        if item.created:
-            observer.task_submitted(item.task)
-    if relay is not None:
-        _publish_soon(relay, enqueued)
     return TaskBatchCreated(
         task_ids=[item.task.id for item in enqueued], created=[item.created for item in enqueued]
     )
-
-
-def _publish_soon(relay: OutboxRelay, enqueued: list[Enqueued]) -> None:
-    """Hand the outbox rows written claimed for this process's relay over to it, or
-    just wake it: a task due already without one (a past ``run_at``) is polled."""
-    entries = [item.outbox for item in enqueued if item.outbox is not None]
-    if entries:
-        relay.hand_over(entries)
-    else:
-        relay.wake()
 
 
 def request_fingerprint(body: TaskCreate) -> str:
@@ -303,5 +246,5 @@ async def cancel_task(task_id: TaskId, store: StoreDep, _: AdminAccess) -> TaskO
 async def retry_task(task_id: TaskId, store: StoreDep, relay: RelayDep, _: AdminAccess) -> TaskOut:
     task = await store.retry(task_id)
     if relay is not None:
-        relay.wake()
+        relay.wake()  # its outbox row is due at once
     return TaskOut.of(task)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from krolik.api.auth import ReadAccess
 from krolik.api.deps import StoreDep
 from krolik.api.errors import GUARDED_RESPONSES
-from krolik.store.base import WorkerInfo
+from krolik.store.records import WorkerInfo
 
 router = APIRouter(tags=["workers"], responses=GUARDED_RESPONSES)
 

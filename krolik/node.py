@@ -1,0 +1,228 @@
+"""One Krolik process, built in one place: from the settings, a mode and the roles it plays.
+
+The mode picks the store and broker (production: PostgreSQL and RabbitMQ; embedded, for
+``krolik dev``: SQLite and the in-process broker). The roles pick the services:
+
+* ``api``: what the HTTP API needs (the submission path, API keys, rate limits, the
+  store's gauges), with the outbox relay inside unless ``APP__RELAY__ENABLED=false``;
+* ``worker``: a worker and the lease rescuer;
+* ``relay``: an outbox relay of its own.
+
+``start`` and ``stop`` bring them up and down in order: the store, then the broker's
+users, then the loops; the reverse on the way down. Every process (``krolik api``,
+``worker``, ``relay``, ``dev``) and every test app is a node; nothing else builds a
+store, a broker or a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from krolik.access import KeyCache
+from krolik.broker.base import Broker
+from krolik.broker.memory import MemoryBroker
+from krolik.broker.rabbitmq import RabbitMQBroker
+from krolik.broker.topology import Topology
+from krolik.errors import BrokerUnavailable, StoreUnavailable
+from krolik.events import Observers
+from krolik.log import get_logger
+from krolik.maintenance import LeaseRescuer
+from krolik.metrics import Metrics, StoreGauges
+from krolik.rate_limit import RateLimiter
+from krolik.registry import Registry
+from krolik.relay import OutboxRelay
+from krolik.settings import Settings
+from krolik.store.base import TaskStore
+from krolik.store.postgres import PostgresTaskStore
+from krolik.store.sqlite import SqliteTaskStore
+from krolik.submit import Submitter
+from krolik.worker import Worker
+
+log = get_logger(__name__)
+
+RETRY_SECONDS = 2.0
+"""How often a worker or relay process tries again to reach a service it waits for."""
+
+
+class Mode(StrEnum):
+    PRODUCTION = "production"
+    EMBEDDED = "embedded"
+
+
+class Role(StrEnum):
+    API = "api"
+    WORKER = "worker"
+    RELAY = "relay"
+
+
+def build_store(settings: Settings, mode: Mode = Mode.PRODUCTION) -> TaskStore:
+    if mode is Mode.EMBEDDED:
+        return SqliteTaskStore(Path(settings.embedded.path).resolve())
+    return PostgresTaskStore.from_settings(settings.db)
+
+
+def build_broker(settings: Settings, mode: Mode = Mode.PRODUCTION) -> Broker:
+    if mode is Mode.EMBEDDED:
+        return MemoryBroker()
+    return RabbitMQBroker(
+        settings.rabbitmq, Topology.from_settings(settings.rabbitmq, settings.default_queue)
+    )
+
+
+@dataclass
+class ApiServices:
+    """What the HTTP API serves from, besides the store and the broker."""
+
+    submitter: Submitter
+    keys: KeyCache
+    rate_limiter: RateLimiter
+    gauges: StoreGauges
+
+
+@dataclass
+class Node:
+    settings: Settings
+    mode: Mode
+    store: TaskStore
+    broker: Broker
+    metrics: Metrics
+    observer: Observers
+    api: ApiServices | None = None
+    relay: OutboxRelay | None = None
+    worker: Worker | None = None
+    rescuer: LeaseRescuer | None = None
+    owned: list[TaskStore | Broker] = field(default_factory=list)
+    """What the node built itself and so closes; what it was given, its giver closes."""
+    _started: bool = field(default=False, init=False, repr=False)
+    _connector: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        roles: Collection[Role],
+        *,
+        mode: Mode = Mode.PRODUCTION,
+        registry: Registry | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        store: TaskStore | None = None,
+        broker: Broker | None = None,
+        metrics: Metrics | None = None,
+    ) -> Node:
+        """The node of ``roles``; ``store``, ``broker`` and ``metrics`` replace the ones the
+        mode would build (tests; a process sharing them between nodes)."""
+        the_metrics = metrics or Metrics()
+        observer = Observers([the_metrics])
+        the_store = store or build_store(settings, mode)
+        the_broker = broker or build_broker(settings, mode)
+        node = cls(
+            settings,
+            mode,
+            the_store,
+            the_broker,
+            the_metrics,
+            observer,
+            owned=[made for made, given in ((the_broker, broker), (the_store, store)) if not given],
+        )
+        if Role.RELAY in roles or (Role.API in roles and settings.relay.enabled):
+            node.relay = OutboxRelay(the_store, the_broker, settings.relay, observer)
+        if Role.API in roles:
+            node.api = ApiServices(
+                submitter=Submitter(the_store, settings.api, relay=node.relay, observer=observer),
+                keys=KeyCache(settings.auth.cache_seconds),
+                rate_limiter=RateLimiter(settings.rate_limit),
+                gauges=StoreGauges(
+                    the_store,
+                    settings.metrics.stuck_after_seconds,
+                    max_age_seconds=settings.metrics.refresh_seconds,
+                ),
+            )
+        if Role.WORKER in roles:
+            node.worker = Worker(
+                the_store,
+                the_broker,
+                registry or Registry(),
+                settings,
+                queues=queues,
+                concurrency=concurrency,
+                observer=observer,
+            )
+            node.rescuer = LeaseRescuer(
+                the_store, settings.maintenance, observer, broker=the_broker
+            )
+        return node
+
+    # -- life cycle ----------------------------------------------------------------------
+    async def start(self, stop: asyncio.Event | None = None) -> bool:
+        """Bring the services up; again is a no-op. With ``stop`` (a process's signals), a
+        worker waits for the database and the broker instead of failing, as containers
+        start in any order; False when ``stop`` was set first."""
+        if self._started:
+            return True
+        self._started = True
+        await self.store.open()
+        if self.worker is not None:
+            waiting = stop or asyncio.Event()
+            if not await _retrying("database", self.store.ping, waiting):
+                return False
+            if not await _retrying("rabbitmq", self.worker.start, waiting):
+                return False
+        if self.rescuer is not None:
+            self.rescuer.start()
+        if self.relay is not None:
+            self.relay.start()
+        elif self.api is not None:
+            # Without a relay of its own, the API still connects, so readiness tells the truth.
+            self._connector = asyncio.create_task(_keep_connected(self.broker))
+        return True
+
+    async def stop(self) -> None:
+        """Stop what runs, in reverse order, and close what the node built."""
+        if not self._started:
+            return
+        self._started = False
+        if self.worker is not None and self.worker.accepting:
+            await self.worker.stop()
+        if self.rescuer is not None:
+            await self.rescuer.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+            self._connector = None
+        if self.api is not None:
+            await self.api.rate_limiter.close()
+        for resource in self.owned:
+            await resource.close()
+
+
+async def _retrying(what: str, connect: object, stop: asyncio.Event) -> bool:
+    """Call ``connect`` until it works; False if ``stop`` is set first."""
+    assert callable(connect)
+    while not stop.is_set():
+        try:
+            await connect()
+            return True
+        except (BrokerUnavailable, StoreUnavailable) as exc:
+            log.warning("waiting_for_service", service=what, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_SECONDS)
+    return False
+
+
+async def _keep_connected(broker: Broker) -> None:
+    while True:
+        try:
+            await broker.connect()
+            return
+        except BrokerUnavailable as exc:
+            log.warning("broker_unavailable", error=str(exc))
+            await asyncio.sleep(RETRY_SECONDS)

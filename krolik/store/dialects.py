@@ -1,0 +1,108 @@
+"""What the two databases do differently in the statements they share: time, and upserts.
+
+Times come from the database, never from the Python process, so that a lease means the
+same on every machine and is counted from when the statement runs. Conditions compare
+with one value for the whole statement (``now``), so that a comparison with an indexed
+column bounds the index scan; what is recorded is the moment of recording (``clock``).
+
+On SQLite, whose own clock has millisecond text, the time is a function of the
+connection (``krolik_now``, ``krolik_later``) written in SQLAlchemy's storage format, so
+stored times compare as text exactly as they compare as times.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, bindparam, func
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.functions import Function
+from sqlalchemy.types import Float
+
+from krolik.store.tables import Timestamp
+
+
+class Dialect(ABC):
+    @abstractmethod
+    def now(self) -> ColumnElement[datetime]:
+        """The current time for conditions: one value for the whole statement."""
+
+    @abstractmethod
+    def clock(self) -> ColumnElement[datetime]:
+        """The current time to record (a finish time is the moment of finishing)."""
+
+    @abstractmethod
+    def later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        """``seconds`` after ``clock()``, to record (leases, retry times)."""
+
+    def later(self, seconds: float) -> ColumnElement[datetime]:
+        return self.later_by(bindparam(None, float(seconds), type_=Float))
+
+    @abstractmethod
+    def ago(self, seconds: float) -> ColumnElement[datetime]:
+        """``seconds`` before ``now()``, for conditions."""
+
+    @abstractmethod
+    def insert(self, table: Table) -> Any:
+        """An INSERT that knows ``on_conflict_do_nothing``."""
+
+
+class PostgresDialect(Dialect):
+    def now(self) -> ColumnElement[datetime]:
+        return func.now()
+
+    def clock(self) -> ColumnElement[datetime]:
+        return func.clock_timestamp()
+
+    def later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        return func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+    def ago(self, seconds: float) -> ColumnElement[datetime]:
+        return func.now() - func.make_interval(
+            0, 0, 0, 0, 0, 0, bindparam(None, float(seconds), type_=Float)
+        )
+
+    def insert(self, table: Table) -> Any:
+        return postgres_insert(table)
+
+
+SQLITE_NOW = "krolik_now"
+SQLITE_LATER = "krolik_later"
+SQLITE_STORAGE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+"""How SQLAlchemy stores a DateTime in SQLite: text that sorts as time does."""
+
+
+def _sqlite_now() -> str:
+    return datetime.now(UTC).strftime(SQLITE_STORAGE_FORMAT)
+
+
+def _sqlite_later(seconds: float | None) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds or 0)).strftime(SQLITE_STORAGE_FORMAT)
+
+
+SQLITE_FUNCTIONS: dict[str, tuple[int, Callable[..., str]]] = {
+    SQLITE_NOW: (0, _sqlite_now),
+    SQLITE_LATER: (1, _sqlite_later),
+}
+"""Registered on every SQLite connection of the store: name -> (arguments, function)."""
+
+
+class SqliteDialect(Dialect):
+    def now(self) -> ColumnElement[datetime]:
+        return Function(SQLITE_NOW, type_=Timestamp)
+
+    def clock(self) -> ColumnElement[datetime]:
+        return Function(SQLITE_NOW, type_=Timestamp)
+
+    def later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        return Function(SQLITE_LATER, seconds, type_=Timestamp)
+
+    def ago(self, seconds: float) -> ColumnElement[datetime]:
+        return self.later(-seconds)
+
+    def insert(self, table: Table) -> Any:
+        return sqlite_insert(table)

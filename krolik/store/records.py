@@ -1,0 +1,173 @@
+"""What the store takes and gives back: plain frozen records, no behaviour beyond reading.
+
+The seam (``base.py``) speaks in these; the SQL stores turn rows into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from krolik.states import TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to enqueue. ``run_at`` None means as soon as possible."""
+
+    name: str
+    queue: str
+    payload: Any
+    max_attempts: int | None = None
+    """None: the handler's default, written in when a worker first claims the task."""
+    timeout_seconds: float | None = None
+    run_at: datetime | None = None
+    delay_seconds: float | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    """A fingerprint of the request that sent ``idempotency_key``: the same key sent again
+    with another fingerprint is a conflict (``Enqueued.mismatch``)."""
+    request_id: str | None = None
+    created_by: str | None = None
+    """The caller (API key name); idempotency keys are unique per caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: int
+    name: str
+    queue: str
+    payload: Any
+    status: TaskStatus
+    result: Any
+    error: str | None
+    traceback: str | None
+    attempts: int
+    max_attempts: int | None
+    timeout_seconds: float | None
+    idempotency_key: str | None
+    idempotency_scope: str | None
+    request_hash: str | None
+    request_id: str | None
+    created_by: str | None
+    worker_id: str | None
+    cancel_requested: bool
+    run_token: int
+    """The fencing token of the current or last run (see ``RunRef``)."""
+    run_at: datetime
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    task: Task
+    created: bool
+    """False when an idempotency key matched an existing task."""
+    mismatch: bool = False
+    """The key matched a task created by a request with another body: refuse it (409)."""
+    outbox: OutboxEntry | None = None
+    """The task's outbox row, already claimed for the caller to publish (see ``enqueue``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """One claimed run of a task: only the holder of its token may extend or finish it.
+
+    ``token`` is the task's ``run_token`` as this run's claim set it. Every claim takes
+    a new one and none is ever given out twice for a task, so a stale run (its lease
+    lost, the task released and claimed again, even by the same worker at the same
+    attempt number) never passes a guard meant for the current run.
+    """
+
+    task_id: int
+    token: int
+    attempt: int
+    worker_id: str
+
+    @classmethod
+    def of(cls, task: Task) -> RunRef:
+        """The run a claim just started."""
+        return cls(task.id, task.run_token, task.attempts, task.worker_id or "")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    task_id: int
+    queue: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as it registered itself, and until when it counts as alive."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    handlers: list[str]
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+
+    def serves(self, queue: str, name: str) -> bool:
+        return queue in self.queues and name in self.handlers
+
+
+@dataclass(frozen=True, slots=True)
+class RescuedTask:
+    task_id: int
+    status: TaskStatus
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue at a glance; ``*_last_hour`` count tasks that finished in the last hour."""
+
+    queue: str
+    pending: int
+    """Due and waiting for a worker."""
+    scheduled: int
+    """Waiting for their run_at (delays and retry backoff)."""
+    processing: int
+    stuck: int
+    """Processing for longer than the stuck threshold."""
+    done_last_hour: int
+    failed_last_hour: int
+    cancelled_last_hour: int
+    oldest_pending_at: datetime | None
+    """When the oldest due pending task became due."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    backlog: int
+    """Due outbox rows not yet published."""
+    oldest_due_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored: only a hash of the secret is kept."""
+
+    id: int
+    name: str
+    scope: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    status: TaskStatus | None = None
+    name: str | None = None
+    queue: str | None = None

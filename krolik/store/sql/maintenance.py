@@ -1,0 +1,105 @@
+"""What the rescuer does: leases run out, and messages that were lost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select, update
+
+from krolik.states import TaskStatus
+from krolik.store.records import RescuedTask
+from krolik.store.sql.core import CANCELLED, FAILED, PENDING, PROCESSING, SqlCore
+from krolik.store.tables import outbox, tasks
+
+
+class MaintenanceStatements(SqlCore):
+    async def rescue_expired(self, limit: int) -> list[RescuedTask]:
+        now, clock = self.dialect.now(), self.dialect.clock()
+        expired = (
+            select(tasks.c.id)
+            .where(tasks.c.status == PROCESSING, tasks.c.lease_expires_at < now)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        exhausted = tasks.c.attempts >= func.coalesce(tasks.c.max_attempts, 1)
+        asked = tasks.c.cancel_requested  # a run asked to stop is not run again
+        stmt = (
+            update(tasks)
+            .where(
+                tasks.c.id.in_(expired),
+                tasks.c.status == PROCESSING,
+                tasks.c.lease_expires_at < now,
+            )
+            .values(
+                status=case((asked, CANCELLED), (exhausted, FAILED), else_=PENDING),
+                error="lease expired: the worker stopped heartbeating",
+                finished_at=case((or_(asked, exhausted), clock), else_=None),
+                run_at=clock,
+                worker_id=None,
+                lease_expires_at=None,
+                updated_at=clock,
+            )
+            .returning(*tasks.c)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+            await self._dispatch(conn, [row for row in rows if row["status"] == PENDING])
+        return [
+            RescuedTask(
+                task_id=row["id"], status=TaskStatus(row["status"]), attempts=row["attempts"]
+            )
+            for row in rows
+        ]
+
+    async def expire_all_leases(self) -> int:
+        stmt = (
+            update(tasks)
+            .where(tasks.c.status == PROCESSING)
+            .values(lease_expires_at=self.dialect.later(-1))
+            .returning(tasks.c.id)
+        )
+        async with self._tx() as conn:
+            return len((await conn.execute(stmt)).all())
+
+    def _stale(self, older_than_seconds: float) -> ColumnElement[bool]:
+        """Due pending tasks whose message went out at least that long ago (they became
+        due then, and nothing touched them since) and that have no outbox row."""
+        cutoff = self.dialect.ago(older_than_seconds)
+        return and_(
+            tasks.c.status == PENDING,
+            tasks.c.run_at <= cutoff,
+            tasks.c.updated_at < cutoff,
+            ~exists().where(outbox.c.task_id == tasks.c.id),
+        )
+
+    async def stale_queues(self, older_than_seconds: float) -> list[str]:
+        stmt = select(tasks.c.queue).where(self._stale(older_than_seconds)).distinct()
+        async with self._tx() as conn:
+            return sorted((await conn.execute(stmt)).scalars().all())
+
+    async def redispatch_stale(
+        self, older_than_seconds: float, limit: int, queues: Sequence[str] | None = None
+    ) -> int:
+        if queues is not None and not queues:
+            return 0
+        condition = self._stale(older_than_seconds)
+        if queues is not None:
+            condition = and_(condition, tasks.c.queue.in_(list(queues)))
+        stale = (
+            select(tasks.c.id)
+            .where(condition)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(stale), tasks.c.status == PENDING)
+            .values(updated_at=self.dialect.clock())
+            .returning(tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.run_at)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+            await self._dispatch(conn, rows)
+        return len(rows)

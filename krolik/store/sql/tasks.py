@@ -1,0 +1,282 @@
+"""Tasks from the API's side: enqueue (idempotency keys included), read, cancel, retry.
+
+Tasks without a key go in through the store's own plain insert (``_insert_plain``: one
+statement per database); keyed ones through the statements here, on both databases.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, case, delete, func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import Float
+
+from krolik.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
+from krolik.store.records import Enqueued, NewTask, Task, TaskFilter
+from krolik.store.sql.core import CANCELLED, FAILED, PENDING, PROCESSING, SqlCore
+from krolik.store.sql.rows import row_to_task
+from krolik.store.tables import Timestamp, outbox, tasks
+
+
+def key_scope(new: NewTask) -> str:
+    """Whose key it is: idempotency keys of different callers never meet."""
+    return new.created_by or ""
+
+
+def _key_of(new: NewTask) -> tuple[str, str]:
+    return key_scope(new), new.idempotency_key or ""
+
+
+def _mismatch(stored: str | None, sent: str | None) -> bool:
+    """A key reused with another body. A task stored before fingerprints were kept, or a
+    caller that sent none, matches anything."""
+    return stored is not None and sent is not None and stored != sent
+
+
+class TaskStatements(SqlCore):
+    async def enqueue(
+        self,
+        new_tasks: Sequence[NewTask],
+        *,
+        claim_outbox_seconds: float | None = None,
+        refuse_mismatch: bool = False,
+    ) -> list[Enqueued]:
+        """Tasks without an idempotency key go in with the store's plain insert (one
+        statement); keyed ones with a few statements for all of them (``_enqueue_keyed``)."""
+        results: dict[int, Enqueued] = {}
+        plain = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is None]
+        keyed = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is not None]
+        claims = self._claimed_until(new_tasks, claim_outbox_seconds)
+        async with self._tx() as conn:
+            if plain:
+                made = await self._insert_plain(
+                    conn, [new for _, new in plain], claim_outbox_seconds
+                )
+                results.update(zip((index for index, _ in plain), made, strict=True))
+            if keyed:
+                results.update(await self._enqueue_keyed(conn, keyed, claims))
+                mismatched = [new.idempotency_key for i, new in keyed if results[i].mismatch]
+                if refuse_mismatch and mismatched:
+                    raise IdempotencyConflict(
+                        "these idempotency keys were used before with a different "
+                        f"request body: {', '.join(map(repr, mismatched))}"
+                    )
+        return [results[index] for index in range(len(new_tasks))]
+
+    @abstractmethod
+    async def _insert_plain(
+        self, conn: AsyncConnection, new_tasks: Sequence[NewTask], claim_seconds: float | None
+    ) -> list[Enqueued]:
+        """Insert tasks without a key and their outbox rows, on ``conn`` (in its
+        transaction), in order; with ``claim_seconds``, the rows of tasks due at once are
+        written claimed for the caller (see ``TaskStore.enqueue``)."""
+
+    def _new_task_values(self) -> dict[str, Any]:
+        """The columns every new task gets the same way (clock, initial state)."""
+        now = self.dialect.clock()
+        return {
+            "status": PENDING,
+            "attempts": 0,
+            "cancel_requested": False,
+            "run_at": self._due_at(),
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _new_task_params(self, new: NewTask) -> dict[str, Any]:
+        keyed = new.idempotency_key is not None
+        return {
+            "name": new.name,
+            "queue": new.queue,
+            "payload": new.payload,
+            "max_attempts": new.max_attempts,
+            "timeout_seconds": new.timeout_seconds,
+            "idempotency_key": new.idempotency_key,
+            "idempotency_scope": key_scope(new) if keyed else None,
+            "request_hash": new.request_hash if keyed else None,
+            "request_id": new.request_id,
+            "created_by": new.created_by,
+            "p_run_at": new.run_at.astimezone(UTC) if new.run_at is not None else None,
+            "p_delay": float(new.delay_seconds or 0),
+        }
+
+    def _due_at(self) -> ColumnElement[datetime]:
+        """A new task's run_at: the ``p_run_at`` given, else ``p_delay`` seconds from now."""
+        return func.coalesce(
+            bindparam("p_run_at", type_=Timestamp),
+            self.dialect.later_by(bindparam("p_delay", type_=Float)),
+        )
+
+    async def _enqueue_keyed(
+        self,
+        conn: AsyncConnection,
+        keyed: Sequence[tuple[int, NewTask]],
+        claims: Sequence[datetime | None],
+    ) -> dict[int, Enqueued]:
+        """Keyed tasks in three statements whatever their number: look the keys up, insert
+        the new ones (a conflict with a concurrent insert does nothing), look up again
+        the ones a concurrent transaction won.
+
+        Keys go in sorted order, so two transactions inserting overlapping keys wait
+        for each other in the same order and cannot deadlock. A key sent twice in one
+        batch makes one task. A key whose task came from a request with another body
+        (``request_hash``) is a mismatch, answered 409 by the API."""
+        first: dict[tuple[str, str], tuple[int, NewTask]] = {}
+        for index, new in sorted(keyed, key=lambda item: _key_of(item[1])):
+            first.setdefault(_key_of(new), (index, new))
+        found = await self._by_keys(conn, list(first))
+        missing = [item for key, item in first.items() if key not in found]
+        if missing:
+            rows = (
+                (
+                    await conn.execute(
+                        self._on_key_conflict_do_nothing(
+                            self.dialect.insert(tasks)
+                            .values(**self._new_task_values())
+                            .returning(*tasks.c)
+                        ),
+                        [self._new_task_params(new) for _, new in missing],
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            created = {(row["idempotency_scope"], row["idempotency_key"]): row for row in rows}
+            ordered = [created[_key_of(new)] for _, new in missing if _key_of(new) in created]
+            entries = await self._dispatch(
+                conn, ordered, [claims[index] for index, new in missing if _key_of(new) in created]
+            )
+            new_ones: dict[tuple[str, str], Enqueued] = {}
+            for row, entry in zip(ordered, entries, strict=True):
+                key = (row["idempotency_scope"], row["idempotency_key"])
+                new_ones[key] = Enqueued(row_to_task(row), created=True, outbox=entry)
+            lost = [_key_of(new) for _, new in missing if _key_of(new) not in created]
+            # Another transaction inserted these keys and has committed by now: READ
+            # COMMITTED lets this statement see its rows.
+            found |= await self._by_keys(conn, lost) if lost else {}
+        else:
+            new_ones = {}
+        results: dict[int, Enqueued] = {}
+        for index, new in keyed:
+            key = _key_of(new)
+            made = new_ones.get(key)
+            if made is not None and first[key][0] == index:
+                results[index] = made
+                continue
+            task = made.task if made is not None else found.get(key)
+            if task is None:  # pragma: no cover - the winner's row is committed
+                raise InvalidTransition("idempotency key conflict could not be resolved")
+            results[index] = Enqueued(
+                task, created=False, mismatch=_mismatch(task.request_hash, new.request_hash)
+            )
+        return results
+
+    def _on_key_conflict_do_nothing(self, stmt: Any) -> Any:
+        return stmt.on_conflict_do_nothing(
+            index_elements=[tasks.c.idempotency_scope, tasks.c.idempotency_key]
+        )
+
+    async def _by_keys(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Task]:
+        if not keys:
+            return {}
+        stmt = select(tasks).where(
+            tuple_(tasks.c.idempotency_scope, tasks.c.idempotency_key).in_(list(keys))
+        )
+        rows = (await conn.execute(stmt)).mappings().all()
+        return {
+            (row["idempotency_scope"], row["idempotency_key"]): row_to_task(row) for row in rows
+        }
+
+    async def get(self, task_id: int) -> Task | None:
+        async with self._tx() as conn:
+            row = (
+                (await conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings().first()
+            )
+        return row_to_task(row) if row else None
+
+    async def list_tasks(
+        self, task_filter: TaskFilter, *, before_id: int | None, limit: int
+    ) -> list[Task]:
+        stmt = select(tasks).order_by(tasks.c.id.desc()).limit(limit)
+        if task_filter.status is not None:
+            stmt = stmt.where(tasks.c.status == task_filter.status.value)
+        if task_filter.name is not None:
+            stmt = stmt.where(tasks.c.name == task_filter.name)
+        if task_filter.queue is not None:
+            stmt = stmt.where(tasks.c.queue == task_filter.queue)
+        if before_id is not None:
+            stmt = stmt.where(tasks.c.id < before_id)
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [row_to_task(row) for row in rows]
+
+    async def _explain_refusal(self, conn: AsyncConnection, task_id: int, action: str) -> None:
+        row = (await conn.execute(select(tasks.c.status).where(tasks.c.id == task_id))).first()
+        if row is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        raise InvalidTransition(f"task {task_id} is {row.status} and cannot be {action}")
+
+    async def cancel(self, task_id: int) -> Task:
+        """One guarded statement decides: a pending task is cancelled, a running one is
+        asked to stop; whatever happened to the task meanwhile, the answer is its state
+        at that statement (two statements left a window where a task moving between
+        pending and processing was found in neither, and refused)."""
+        clock = self.dialect.clock()
+        pending, running = tasks.c.status == PENDING, tasks.c.status == PROCESSING
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.status.in_([PENDING, PROCESSING]))
+            .values(
+                status=case((pending, CANCELLED), else_=tasks.c.status),
+                cancel_requested=case((running, True), else_=tasks.c.cancel_requested),
+                finished_at=case((pending, clock), else_=tasks.c.finished_at),
+                updated_at=clock,
+            )
+            .returning(*tasks.c)
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                await self._explain_refusal(conn, task_id, "cancelled")
+                raise AssertionError("unreachable")  # pragma: no cover
+            if row["status"] == CANCELLED:
+                await conn.execute(delete(outbox).where(outbox.c.task_id == task_id))
+        return row_to_task(row)
+
+    async def retry(self, task_id: int) -> Task:
+        now = self.dialect.clock()
+        async with self._tx() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        update(tasks)
+                        .where(tasks.c.id == task_id, tasks.c.status.in_([FAILED, CANCELLED]))
+                        .values(
+                            status=PENDING,
+                            attempts=0,
+                            worker_id=None,
+                            result=None,
+                            error=None,
+                            traceback=None,
+                            cancel_requested=False,
+                            run_at=now,
+                            finished_at=None,
+                            updated_at=now,
+                        )
+                        .returning(*tasks.c)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                await self._explain_refusal(conn, task_id, "retried")
+                raise AssertionError("unreachable")  # pragma: no cover
+            await self._dispatch(conn, [row])
+        return row_to_task(row)
