@@ -132,23 +132,32 @@ class RabbitMQBroker(Broker):
             return
         connection = await self._connect()
         try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._exchange = await channel.declare_exchange(
-                self.topology.exchange, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            self._dead_exchange = await channel.declare_exchange(
-                self.topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            dead_queue = await channel.declare_queue(
-                self.topology.dead_letter_queue,
-                durable=True,
-                arguments={"x-queue-type": self.topology.queue_type.value},
-            )
-            await dead_queue.bind(self._dead_exchange, routing_key=self.topology.dead_letter_queue)
-        except BaseException:
-            await connection.close()
+            channel = await self._declare_topology(connection)
+        except BaseException as exc:
+            self._exchange = self._dead_exchange = None
+            await _close_quietly(connection)
+            if isinstance(exc, _CONNECTION_ERRORS):
+                # The broker went away between the connection and its declarations.
+                raise BrokerUnavailable(f"RabbitMQ went away: {type(exc).__name__}") from None
             raise
         self._publisher, self._channel = connection, channel
+
+    async def _declare_topology(self, connection: AbstractRobustConnection) -> AbstractChannel:
+        """The publishing channel, with the exchanges and the dead-letter queue declared."""
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchange = await channel.declare_exchange(
+            self.topology.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        self._dead_exchange = await channel.declare_exchange(
+            self.topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead_queue = await channel.declare_queue(
+            self.topology.dead_letter_queue,
+            durable=True,
+            arguments={"x-queue-type": self.topology.queue_type.value},
+        )
+        await dead_queue.bind(self._dead_exchange, routing_key=self.topology.dead_letter_queue)
+        return channel
 
     async def close(self) -> None:
         for connection in (self._consumer, self._publisher):
@@ -279,6 +288,17 @@ class RabbitMQBroker(Broker):
     async def consume(
         self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
     ) -> Subscription:
+        try:
+            return await self._subscribe(queues, prefetch, handler)
+        except _CONNECTION_ERRORS as exc:
+            consumer, self._consumer = self._consumer, None  # the next try connects afresh
+            if consumer is not None:
+                await _close_quietly(consumer)
+            raise BrokerUnavailable(f"RabbitMQ went away: {type(exc).__name__}") from None
+
+    async def _subscribe(
+        self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
+    ) -> Subscription:
         if self._consumer is None:
             self._consumer = await self._connect()
         channel = await self._consumer.channel()
@@ -330,6 +350,11 @@ class RabbitMQBroker(Broker):
             return found
         finally:
             await channel.close()
+
+
+async def _close_quietly(connection: AbstractRobustConnection) -> None:
+    with contextlib.suppress(*_CONNECTION_ERRORS):
+        await connection.close()
 
 
 def _message_id(group: Sequence[TaskMessage]) -> str:
