@@ -343,7 +343,7 @@ class Reruns:
     by_pg_cut: int = 0
     by_pg_restart: int = 0
     claimed_before_stall: int = 0
-    """Not explained, but of one known kind (a Krolik bug, see ``explain_reruns``)."""
+    """Not explained, and of one kind told apart (see ``explain_reruns``)."""
     unexplained: int = 0
     unexplained_tasks: list[int] = field(default_factory=list)
     stall_tasks: list[int] = field(default_factory=list)
@@ -379,12 +379,11 @@ def explain_reruns(
     ``n``; by the restart when the server restarted then. Kill first, then cut, then
     restart. A run after the recorded one would start from ``n`` = infinity.
 
-    The rest is unexplained, with one known kind counted apart: ``r`` started right
-    when its worker's loop came back from a handler that blocked it for longer than a
-    lease (``stalls``). The task had been claimed just before the loop stalled, and
-    the lease keeper, which keeps the runs the loop registered, did not know it yet:
-    the lease ran out, another worker ran it, and the stalled worker ran it too once
-    its loop came back (a Krolik bug, reported with this script's findings).
+    The rest is unexplained, with one kind counted apart: ``r`` started right when
+    its worker's loop came back from a handler that blocked it for longer than a lease
+    (``stalls``): the task had been claimed just before the loop stalled. The lease
+    keeper keeps every lease of a worker whose loop is stalled, so such a run must not
+    happen (it once did, when the keeper kept only the runs the loop had registered).
     """
     by_task: dict[int, list[RunRow]] = defaultdict(list)
     for row in runs:
@@ -1035,6 +1034,8 @@ class Chaos:
             "finished_twice",
             "done_result_unmatched",
             "done_without_completion_record",
+            "rerun_claimed_before_loop_stall",
+            "rerun_unexplained",
             "blocking_rerun_claimed_before_loop_stall",
             "blocking_rerun_unexplained",
             "submit_given_up",

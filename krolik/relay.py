@@ -28,6 +28,8 @@ from krolik.store.records import OutboxEntry
 
 log = get_logger(__name__)
 
+OUTAGE_BACKOFF = (0.25, 5.0)
+"""While the broker is away: the first wait before trying again, and the longest."""
 MAX_HANDED = 100_000
 """Rows handed over but not published yet (the broker is away) kept in memory; beyond
 that they wait in the outbox, where any relay takes them when their claim runs out."""
@@ -56,6 +58,8 @@ class OutboxRelay(LoopService):
         """Outbox rows published and confirmed, not deleted yet."""
         self._ticking = False
         self.backoff = QueueBackoff()
+        self._retry_at = 0.0
+        self._outage_delay = OUTAGE_BACKOFF[0]
 
     @property
     def takes_handed_rows(self) -> bool:
@@ -88,17 +92,31 @@ class OutboxRelay(LoopService):
                 log.warning("relay_release_failed", error=str(exc), count=len(handed))
 
     async def _ensure_connected(self) -> bool:
+        """Connected, or not yet time to try again: while the broker is away each try
+        waits longer (``OUTAGE_BACKOFF``), and the outage is logged once, not per tick."""
         if self._connected:
             return True
+        if time.monotonic() < self._retry_at:
+            return False
         try:
             await self.broker.connect()
+            await self.broker.ping()  # a connection object may exist while disconnected
         except BrokerUnavailable as exc:
-            log.warning("relay_broker_unavailable", error=str(exc))
+            self._broker_away(str(exc))
             self.observer.outbox_publish_failed(0)
             return False
         self._connected = True
+        self._outage_delay = OUTAGE_BACKOFF[0]
         log.info("relay_connected")
         return True
+
+    def _broker_away(self, error: str) -> None:
+        """Wait before the next try, longer after each failure, and log once per outage."""
+        if self._outage_delay == OUTAGE_BACKOFF[0]:
+            log.warning("relay_broker_unavailable", error=error)
+        self._connected = False
+        self._retry_at = time.monotonic() + self._outage_delay
+        self._outage_delay = min(self._outage_delay * 2, OUTAGE_BACKOFF[1])
 
     async def tick(self) -> bool:
         self._ticking = True
@@ -134,7 +152,8 @@ class OutboxRelay(LoopService):
         except BrokerError as exc:
             log.warning("relay_publish_failed", error=str(exc), count=len(entries))
             self.observer.outbox_publish_failed(len(entries))
-            self._connected = not isinstance(exc, BrokerUnavailable)
+            if isinstance(exc, BrokerUnavailable):
+                self._broker_away(str(exc))
             await self.store.release_outbox([entry.id for entry in entries])
             return False
         published = [e for e, ok in zip(entries, result.confirmed, strict=True) if ok]
@@ -161,7 +180,7 @@ class OutboxRelay(LoopService):
         if result.unavailable is not None:
             log.warning("relay_publish_failed", error=result.unavailable, count=len(failed))
             self.observer.outbox_publish_failed(len(failed))
-            self._connected = False
+            self._broker_away(result.unavailable)
         for queue, error in result.queue_errors.items():
             count = sum(1 for entry in failed if entry.queue == queue)
             delay = self.backoff.failed(queue)

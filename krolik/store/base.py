@@ -112,10 +112,14 @@ class TaskStore(ABC):
         return task
 
     @abstractmethod
-    async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[RunRef, bool]:
+    async def heartbeat(
+        self, runs: Sequence[RunRef], lease_seconds: float, *, worker_id: str | None = None
+    ) -> dict[RunRef, bool]:
         """Extend the leases of runs still owned; maps each such run -> cancel requested.
 
-        A run missing from the answer has lost its lease and must not finish.
+        A run missing from the answer has lost its lease and must not finish. With
+        ``worker_id``, every lease that worker holds is extended too: its event loop is
+        stalled, and runs it claimed meanwhile are not registered yet.
         """
 
     @abstractmethod

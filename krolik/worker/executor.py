@@ -48,6 +48,8 @@ class Run:
     handler_task: asyncio.Task[Any] | None = field(default=None, repr=False)
     """The asyncio task running the handler while it runs (the one ``execute`` runs in)."""
     cancel_sent: bool = field(default=False, repr=False)
+    handler_done: bool = field(default=False, repr=False)
+    """The handler returned (or never will run): only the outcome is left to write."""
 
     def stop(self, reason: StopReason) -> None:
         """Ask the handler to stop; the first reason given wins."""
@@ -102,6 +104,7 @@ async def execute(run: Run) -> Outcome:
         )
     finally:
         run.handler_task = None
+        run.handler_done = True
         if run.cancel_sent:
             current.uncancel()
     if deadline is not None and deadline.expired():  # the handler swallowed its cancellation

@@ -10,6 +10,10 @@ It also watches that loop: the loop bumps a pulse every ``PULSE_SECONDS``, and w
 the pulse stops for longer than ``blocked_loop_warn_seconds`` the keeper logs a
 warning (with the runs that were on the loop) and reports the length of the stall.
 
+While the loop is stalled, a beat keeps every lease the worker holds in the store, not
+only the runs registered with the keeper: a claim committed just before the stall has
+its answer waiting for the loop, so its run is not registered yet.
+
 A run tracked with a deadline (its timeout) is kept only until ``deadline +
 lease_seconds``: a handler stuck past its timeout without ever yielding to the loop
 cannot be stopped from here, so its lease is let go, and the rescuer counts the
@@ -38,6 +42,9 @@ log = get_logger(__name__)
 PULSE_SECONDS = 0.1
 WATCH_SECONDS = 0.1
 """How often the keeper's thread looks at the pulse (and whether a beat is due)."""
+STALLED_SECONDS = 0.5
+"""The loop has not run for this long: a beat keeps every lease of the worker, not only
+those of the runs registered (well below any lease, above a loop's normal delays)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +208,16 @@ class LeaseKeeper:
         let_go = tuple(ref for ref, until in items if until is not None and now > until)
         sent = tuple(ref for ref, until in items if until is None or now <= until)
         try:
-            kept = await store.heartbeat(sent, self.lease_seconds) if sent else {}
+            # A stalled loop may hold claims it has not registered yet (their answers wait
+            # for it): every lease of this worker is kept until it runs again.
+            stalled = time.monotonic() - self._pulse > STALLED_SECONDS
+            kept = (
+                await store.heartbeat(
+                    sent, self.lease_seconds, worker_id=self.worker_id if stalled else None
+                )
+                if sent or stalled
+                else {}
+            )
             seen = await store.touch_worker(self.worker_id, len(sent), self.lease_seconds)
             if not seen and self._registration is not None:
                 # Pruned while it could not beat (a long database outage): register again.

@@ -312,7 +312,9 @@ class Worker:
 
     def _stop_run(self, ref: RunRef, reason: StopReason, event: str | None) -> None:
         run = self.runs.get(ref)
-        if run is None:  # finished meanwhile
+        if run is None or run.handler_done:
+            # Finished meanwhile, or its handler returned and its outcome is being written:
+            # the beat raced the completion, and the write's own guard decides.
             return
         if event is not None and run.stop_reason is None:
             self._log.warning(event, task_id=ref.task_id, attempt=ref.attempt)

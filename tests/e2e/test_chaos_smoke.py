@@ -6,10 +6,9 @@ worker's event loop for three leases. Typically 30-45 s; the 150 s cap only guar
 against a hung run on a loaded machine.
 
 Re-runs must be explained by the chaos: a kill of the worker that ran the earlier
-run, or its database gone (the cut, the restart) while it held the lease. One
-unexplained kind is a known Krolik bug and makes the test xfail (visibly), not pass:
-a task claimed just before a handler blocks its worker's loop is not yet registered
-with the lease keeper, so its lease runs out and it runs twice (``KNOWN_BUG``).
+run, or its database gone (the cut, the restart) while it held the lease. A task
+claimed just before a handler blocked its worker's loop (its run not registered yet)
+keeps its lease too: such a re-run fails the test.
 """
 
 from __future__ import annotations
@@ -44,12 +43,6 @@ SMOKE_ARGS = [
     "--timeout", "60",
 ]  # fmt: skip
 RUN_SECONDS = 120  # within the test's 150 s, leaving time for the script's clean-up
-KNOWN_BUG = (
-    "Krolik bug: a task claimed just before a handler blocked the worker's event loop "
-    "was not kept by the lease keeper (runs are tracked only once the loop starts them), "
-    "its lease ran out and it ran twice"
-)
-KNOWN_BUG_FAILURES = {"blocking_rerun_claimed_before_loop_stall"}
 
 
 @pytest.mark.timeout(150)
@@ -89,22 +82,21 @@ def test_chaos_smoke_run_loses_nothing(
             f"explained by a kill, {figures['rerun_explained_by_pg_cut']} by the worker's "
             f"PostgreSQL cut, {figures['rerun_explained_by_pg_restart']} by the PostgreSQL "
             f"restart, {figures['rerun_claimed_before_loop_stall']} claimed before a loop "
-            f"stall (known bug), {figures['rerun_unexplained']} unexplained; loop-blocking "
+            f"stall, {figures['rerun_unexplained']} unexplained; loop-blocking "
             f"tasks: {figures['blocking_tasks']}, {figures['blocking_runs_executed_twice']} re-run"
         )
-    known_bug_runs = figures["rerun_claimed_before_loop_stall"]
-    assert set(figures["failures"]) <= KNOWN_BUG_FAILURES, output
-    assert proc.returncode == (1 if figures["failures"] else 0), output
+    assert figures["failures"] == [], output
+    assert proc.returncode == 0, output
     assert figures["submitted"] == TASKS, output
     assert figures["done"] == TASKS, output
     assert figures["failed"] == 0, output
     assert figures["lost"] == figures["stuck"] == figures["finished_twice"] == 0, output
     assert figures["rerun_unexplained"] == 0, output
+    assert figures["rerun_claimed_before_loop_stall"] == 0, output
     assert figures["rerun_extra_runs"] <= (
         figures["rerun_explained_by_kill"]
         + figures["rerun_explained_by_pg_cut"]
         + figures["rerun_explained_by_pg_restart"]
-        + known_bug_runs
     ), output
     assert figures["blocking_tasks"] >= 1, output
     assert figures["blocking_done"] == figures["blocking_tasks"], output
@@ -117,6 +109,3 @@ def test_chaos_smoke_run_loses_nothing(
     assert figures["unexpected_exits"] == 0, output
     assert figures["did_not_survive"] == [], output
     assert len(figures["survival_checks"]) == 2, output
-    if known_bug_runs:
-        stalled = figures["rerun_claimed_before_loop_stall_runs"]
-        pytest.xfail(f"{KNOWN_BUG}: {known_bug_runs} extra run(s), {stalled}")

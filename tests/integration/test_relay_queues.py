@@ -165,3 +165,38 @@ async def test_a_queue_declared_with_other_arguments_waits_alone(
     finally:
         await relay.stop()
     assert {task: n for task, n in receiver.seen.items() if n != 1} == {}
+
+
+class PublishFailures(Observer):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def outbox_publish_failed(self, count: int) -> None:
+        self.count += 1
+
+
+async def test_the_relay_backs_off_while_rabbitmq_is_away(
+    store, make_settings, proxied_broker, rabbit_proxy
+):
+    """A relay polling every 50 ms keeps trying to publish during an outage, but not on
+    every tick: each failed try waits longer before the next (up to a few seconds)."""
+    failures = PublishFailures()
+    quick = make_settings(relay={"poll_seconds": 0.05})
+    relay = OutboxRelay(store, proxied_broker(), quick.relay, failures)
+    relay.start()
+    try:
+        await store.enqueue([NewTask(name="echo", queue="default", payload=1)])
+        await wait_until(lambda: _outbox_empty(store), what="published before the outage")
+        await rabbit_proxy.cut()
+        await store.enqueue([NewTask(name="echo", queue="default", payload=2)])
+        await asyncio.sleep(3.0)  # the outage
+        tries = failures.count
+        assert 1 <= tries <= 8, f"{tries} failed tries in 3 s: it does not back off"
+        await rabbit_proxy.restore()
+        await wait_until(lambda: _outbox_empty(store), timeout=15, what="published after it")
+    finally:
+        await relay.stop()
+
+
+async def _outbox_empty(store: Any) -> bool:
+    return await outbox_count(store) == 0

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, insert, tuple_, update
+from sqlalchemy import ColumnElement, and_, case, delete, false, insert, or_, tuple_, update
 
 from krolik.states import TaskStatus
 from krolik.store.records import RunRef
@@ -28,16 +28,20 @@ class RunStatements(SqlCore):
             tasks.c.run_token == run.token,
         )
 
-    async def heartbeat(self, runs: Sequence[RunRef], lease_seconds: float) -> dict[RunRef, bool]:
-        if not runs:
+    async def heartbeat(
+        self, runs: Sequence[RunRef], lease_seconds: float, *, worker_id: str | None = None
+    ) -> dict[RunRef, bool]:
+        if not runs and worker_id is None:
             return {}
         keys = list({(run.task_id, run.token) for run in runs})
+        held: ColumnElement[bool] = (
+            tuple_(tasks.c.id, tasks.c.run_token).in_(keys) if keys else false()
+        )
+        if worker_id is not None:
+            held = or_(held, tasks.c.worker_id == worker_id)
         stmt = (
             update(tasks)
-            .where(
-                tasks.c.status == PROCESSING,
-                tuple_(tasks.c.id, tasks.c.run_token).in_(keys),
-            )
+            .where(tasks.c.status == PROCESSING, held)
             .values(lease_expires_at=self.dialect.later(lease_seconds))
             .returning(tasks.c.id, tasks.c.run_token, tasks.c.cancel_requested)
         )
