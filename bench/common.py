@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +33,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,8 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/x.py` from anywhere finds krolik
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support.processes import Proc, die_with_parent, free_port, spawn_krolik  # noqa: E402
+
 DEFAULT_DB_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 FINAL_STATUSES = ("done", "failed", "cancelled")
@@ -53,19 +52,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def say(bench: str, message: str) -> None:
     print(f"[{bench} {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the child gets SIGKILL when the benchmark dies, so nothing outlives a run."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 # -- figures ---------------------------------------------------------------------------
@@ -252,49 +238,6 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-# -- processes -------------------------------------------------------------------------
-@dataclass
-class Proc:
-    """One subprocess of the run and its log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    started: float = field(default_factory=time.monotonic)
-    started_wall: float = field(default_factory=time.time)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    async def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM by PID, wait, then SIGKILL; the exit code."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-        self.kill()
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        self.popen.wait()
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 # -- the throwaway deployment ----------------------------------------------------------
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -460,17 +403,10 @@ class Deployment:
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         log_path = self.dir / f"{len(self.procs):02d}-{name}.log"
-        with log_path.open("wb") as log_file:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "krolik.cli", *args],
-                cwd=self.dir,  # no stray .env of the caller's folder is read
-                env=env or self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        proc = Proc(name, popen, log_path)
+        # cwd: the run's own folder, so no stray .env of the caller's folder is read
+        proc = spawn_krolik(
+            name, list(args), env=env or self.env(), cwd=self.dir, log_path=log_path
+        )
         self.procs.append(proc)
         return proc
 
@@ -797,7 +733,7 @@ class Profiler:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
         self.timed = seconds is not None
 

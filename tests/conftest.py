@@ -184,7 +184,9 @@ def settings(pg_database: str, rabbitmq_available: None, run_id: str) -> Setting
 async def store(settings: Settings) -> AsyncIterator[PostgresTaskStore]:
     the_store = PostgresTaskStore.from_settings(settings.db)
     async with the_store.engine.begin() as conn:
-        await conn.execute(text("TRUNCATE krolik_outbox, krolik_tasks RESTART IDENTITY CASCADE"))
+        await conn.execute(
+            text("TRUNCATE krolik_outbox, krolik_tasks, krolik_workers RESTART IDENTITY CASCADE")
+        )
     yield the_store
     await the_store.close()
 

@@ -49,7 +49,12 @@ async def postgres_engine_store(pg_database: str) -> AsyncIterator[PostgresTaskS
 async def postgres_store(postgres_engine_store: PostgresTaskStore) -> PostgresTaskStore:
     """The production store, its tables emptied for the test."""
     async with postgres_engine_store.engine.begin() as conn:
-        await conn.execute(text("TRUNCATE krolik_outbox, krolik_tasks RESTART IDENTITY CASCADE"))
+        await conn.execute(
+            text(
+                "TRUNCATE krolik_outbox, krolik_tasks, krolik_workers, krolik_api_keys "
+                "RESTART IDENTITY CASCADE"
+            )
+        )
     return postgres_engine_store
 
 

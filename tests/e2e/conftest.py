@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +28,7 @@ from pydantic import SecretStr
 from krolik.broker.topology import Topology
 from krolik.settings import Settings
 from tests.conftest import AMQP_URL
+from tests.support.processes import Proc, free_port, spawn_krolik
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -43,14 +39,6 @@ E2E_TIMINGS: dict[str, str] = {
     "APP__WORKER__HEARTBEAT_SECONDS": "0.3",
     "APP__MAINTENANCE__RESCUE_INTERVAL_SECONDS": "0.2",
 }
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _env_value(value: Any) -> str:
@@ -80,57 +68,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the child gets SIGKILL if pytest itself dies, so no worker outlives a run."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Proc:
-    """One ``krolik`` subprocess and its log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        """kill -9, by PID, and reap it."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        self.popen.wait()
-
-    def send(self, sig: signal.Signals) -> None:
-        os.kill(self.pid, sig)
-
-    async def wait_exit(self, timeout: float) -> int | None:
-        """The exit code, or None if it is still running after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.popen.poll()
-            if code is not None:
-                return code
-            await asyncio.sleep(0.05)
-        return self.popen.poll()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-
 @dataclass
 class Api:
     proc: Proc
@@ -151,17 +88,7 @@ class Cluster:
         full_env.update(self.env)
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
-        with log_path.open("wb") as log_file:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "krolik.cli", *args],
-                cwd=REPO_ROOT,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        proc = Proc(name, popen, log_path)
+        proc = spawn_krolik(name, list(args), env=full_env, cwd=REPO_ROOT, log_path=log_path)
         self.procs.append(proc)
         return proc
 

@@ -19,7 +19,7 @@ from krolik.store.postgres import PostgresTaskStore
 from tests.e2e.conftest import E2E_TIMINGS, Cluster
 from tests.e2e.test_processes import post_task, wait_status
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LEASE_SECONDS = float(E2E_TIMINGS["APP__WORKER__LEASE_SECONDS"])
 

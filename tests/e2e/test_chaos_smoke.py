@@ -25,7 +25,7 @@ from tests.conftest import AMQP_URL, service_missing
 from tests.e2e.conftest import REPO_ROOT
 from tests.support.pg_server import PrivatePostgres
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TASKS = 60
 SMOKE_ARGS = [

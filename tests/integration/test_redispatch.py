@@ -17,7 +17,7 @@ from krolik.store.records import NewTask
 from tests.integration.conftest import outbox_count, queue_depth, topology_of
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BACKLOG = 50_000
 
