@@ -711,12 +711,16 @@ class Profiler:
         self.proc: subprocess.Popen[bytes] | None = None
         self.output: Path | None = None
         self.timed = True
+        self.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if self.dir is not None and not Path(self.py_spy).exists():
+            # Said before the warm-up, not after it.
+            raise SystemExit("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
 
     def start(self, target: Proc, seconds: float | None = None) -> None:
         """Record ``target`` for ``seconds``, or until ``stop()`` when None."""
         if self.dir is None:
             return
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        py_spy = self.py_spy
         self.dir.mkdir(parents=True, exist_ok=True)
         suffix = {"raw": "txt", "flamegraph": "svg", "speedscope": "json"}[self.format]
         self.output = self.dir / f"{self.bench}-{self.mode}-{target.name}.{suffix}"

@@ -22,26 +22,25 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from krolik.access import KeyCache
 from krolik.broker.base import Broker
-from krolik.broker.memory import MemoryBroker
-from krolik.broker.rabbitmq import RabbitMQBroker
-from krolik.broker.topology import Topology
 from krolik.errors import BrokerUnavailable, StoreUnavailable
 from krolik.events import Observers
 from krolik.log import get_logger
-from krolik.maintenance import LeaseRescuer
-from krolik.metrics import Metrics, StoreGauges
-from krolik.rate_limit import RateLimiter
+from krolik.metrics import Metrics
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
-from krolik.store.postgres import PostgresTaskStore
-from krolik.store.sqlite import SqliteTaskStore
-from krolik.submit import Submitter
-from krolik.worker import Worker
+
+if TYPE_CHECKING:
+    from krolik.access import KeyCache
+    from krolik.maintenance import LeaseRescuer
+    from krolik.metrics import StoreGauges
+    from krolik.rate_limit import RateLimiter
+    from krolik.submit import Submitter
+    from krolik.worker import Worker
 
 log = get_logger(__name__)
 
@@ -60,15 +59,29 @@ class Role(StrEnum):
     RELAY = "relay"
 
 
+# The implementations, and each role's services, are imported where they are built: a
+# process loads the drivers of its mode and the libraries of its roles only (a worker
+# starts without FastAPI, ``krolik dev`` without asyncpg and aio-pika).
+
+
 def build_store(settings: Settings, mode: Mode = Mode.PRODUCTION) -> TaskStore:
     if mode is Mode.EMBEDDED:
+        from krolik.store.sqlite import SqliteTaskStore
+
         return SqliteTaskStore(Path(settings.embedded.path).resolve())
+    from krolik.store.postgres import PostgresTaskStore
+
     return PostgresTaskStore.from_settings(settings.db)
 
 
 def build_broker(settings: Settings, mode: Mode = Mode.PRODUCTION) -> Broker:
     if mode is Mode.EMBEDDED:
+        from krolik.broker.memory import MemoryBroker
+
         return MemoryBroker()
+    from krolik.broker.rabbitmq import RabbitMQBroker
+    from krolik.broker.topology import Topology
+
     return RabbitMQBroker(
         settings.rabbitmq, Topology.from_settings(settings.rabbitmq, settings.default_queue)
     )
@@ -133,6 +146,11 @@ class Node:
         if Role.RELAY in roles or (Role.API in roles and settings.relay.enabled):
             node.relay = OutboxRelay(the_store, the_broker, settings.relay, observer)
         if Role.API in roles:
+            from krolik.access import KeyCache
+            from krolik.metrics import StoreGauges
+            from krolik.rate_limit import RateLimiter
+            from krolik.submit import Submitter
+
             node.api = ApiServices(
                 submitter=Submitter(the_store, settings.api, relay=node.relay, observer=observer),
                 keys=KeyCache(settings.auth.cache_seconds),
@@ -144,6 +162,9 @@ class Node:
                 ),
             )
         if Role.WORKER in roles:
+            from krolik.maintenance import LeaseRescuer
+            from krolik.worker import Worker
+
             node.worker = Worker(
                 the_store,
                 the_broker,

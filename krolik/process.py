@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from krolik.api.app import create_app
 from krolik.heap import tune_garbage_collector
 from krolik.log import get_logger
 from krolik.node import Node
@@ -45,6 +44,8 @@ def stop_on_signals() -> asyncio.Event:
 
 
 def serve_api(node: Node, host: str, port: int) -> None:
+    from krolik.api.app import create_app  # the HTTP stack, for the processes that serve it
+
     uvicorn.run(
         create_app(node),
         host=host,
