@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,16 +32,50 @@ class DatabaseSettings(BaseModel):
 
 class RabbitMQSettings(BaseModel):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    """One node's URL, or the URLs of a cluster's nodes separated by commas."""
     queue_name: str = "task_queue"
     exchange_name: str = "task_exchange"
     routing_key: str = "task.new"
     prefetch_count: int = Field(5, ge=1)
     queue_type: QueueType = QueueType.QUORUM
     publish_timeout_seconds: float = Field(5.0, gt=0)
+    heartbeat_seconds: int = Field(5, ge=0)
+    """AMQP heartbeat: a node silent for (this + 1) x 3 s counts as gone and the connection
+    moves to another node (a frozen node is found only so); 0 turns heartbeats off."""
+    shuffle_nodes: bool = True
+    """Start each connection at a random node of ``url`` (clients spread over the cluster);
+    false: always at the first listed."""
+    delivery_limit: int | None = Field(20, ge=1)
+    """Quorum queues: a message delivered this many times without being settled (every
+    worker that took it died) is dead-lettered by RabbitMQ. Applies to queues declared
+    from now on; None: no limit."""
+
+    @field_validator("url")
+    @classmethod
+    def _node_urls_are_amqp(cls, url: SecretStr) -> SecretStr:
+        for node in _split_urls(url.get_secret_value()):
+            if not node.startswith(("amqp://", "amqps://")):
+                raise ValueError(
+                    "each RabbitMQ URL must start with amqp:// or amqps:// "
+                    "(several nodes: separate full URLs with commas)"
+                )
+        return url
 
     @property
     def dsn(self) -> str:
         return self.url.get_secret_value()
+
+    @property
+    def node_urls(self) -> list[str]:
+        """The URL of every node named in ``url``."""
+        return _split_urls(self.dsn)
+
+
+def _split_urls(value: str) -> list[str]:
+    urls = [part.strip() for part in value.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("no RabbitMQ URL given")
+    return urls
 
 
 class WorkerSettings(BaseModel):

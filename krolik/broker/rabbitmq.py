@@ -1,15 +1,16 @@
 """The RabbitMQ broker: durable queues, persistent messages, publisher confirms.
 
 Publishing and consuming use separate connections, so a consumer's flow control
-never stalls the relay. Both are robust connections: they come back by themselves
-after RabbitMQ restarts, and consumers are restored with them.
+never stalls the relay. Both are robust connections to a cluster's nodes
+(``nodes.py``): they come back by themselves after RabbitMQ restarts, on another
+node when theirs died or froze, and consumers are restored with them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aio_pika
@@ -30,7 +31,14 @@ from krolik.broker.base import (
     QueueInfo,
     Subscription,
 )
-from krolik.broker.topology import MAX_REASON_LENGTH, ORIGIN_HEADER, REASON_HEADER, Topology
+from krolik.broker.nodes import connect_cluster
+from krolik.broker.topology import (
+    DELIVERY_LIMIT_ARGUMENT,
+    MAX_REASON_LENGTH,
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Topology,
+)
 from krolik.broker.wire import TaskMessage, encode_messages, pack_indexes
 from krolik.errors import BrokerUnavailable
 from krolik.log import get_logger
@@ -56,6 +64,26 @@ _QUEUE_REFUSALS = (
 """Channel closes that are about one queue, not about the connection."""
 
 
+def _cancelled_by_caller() -> bool:
+    """Whether a CancelledError here was asked for (a shutdown, a timeout of ours).
+
+    aiormq also ends the pending calls of a connection that closed (its node died or
+    froze) with CancelledError, in a task nobody cancelled: that is the broker going
+    away, and must not end the relay's or a worker's loop."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+@contextlib.contextmanager
+def _connection_loss_is_unavailable(what: str) -> Iterator[None]:
+    try:
+        yield
+    except asyncio.CancelledError:
+        if _cancelled_by_caller():
+            raise
+        raise BrokerUnavailable(f"{what}: the connection closed under it") from None
+
+
 class RabbitDelivery(Delivery):
     def __init__(
         self, message: AbstractIncomingMessage, broker: RabbitMQBroker, krolik_queue: str
@@ -67,10 +95,12 @@ class RabbitDelivery(Delivery):
         self.redelivered = bool(message.redelivered)
 
     async def ack(self) -> None:
-        await self._message.ack()
+        with _connection_loss_is_unavailable("ack"):
+            await self._message.ack()
 
     async def requeue(self) -> None:
-        await self._message.nack(requeue=True)
+        with _connection_loss_is_unavailable("requeue"):
+            await self._message.nack(requeue=True)
 
     async def dead_letter(self, reason: str) -> None:
         try:
@@ -78,9 +108,11 @@ class RabbitDelivery(Delivery):
         except Exception:
             # RabbitMQ's own dead-lettering still keeps the message, without the reason.
             log.warning("dead_letter_publish_failed", reason=reason, exc_info=True)
-            await self._message.reject(requeue=False)
+            with _connection_loss_is_unavailable("reject"):
+                await self._message.reject(requeue=False)
             return
-        await self._message.ack()
+        with _connection_loss_is_unavailable("ack"):
+            await self._message.ack()
 
     async def dead_letter_part(self, message: TaskMessage, reason: str) -> None:
         await self._broker.publish_dead_letter(message.encode(), reason, origin=self._krolik_queue)
@@ -113,16 +145,21 @@ class RabbitMQBroker(Broker):
         self._exchange: AbstractExchange | None = None
         self._dead_exchange: AbstractExchange | None = None
         self._declared: set[str] = set()
+        self._limit_checked: set[str] = set()
+        self._without_limit: set[str] = set()
+        """Queues created before Krolik set a delivery limit: declared without one."""
         self.queue_names: set[str] = {topology.dead_letter_queue}
         """Every RabbitMQ queue this broker declared (tests delete them afterwards)."""
         self._declare_lock = asyncio.Lock()
 
     async def _connect(self) -> AbstractRobustConnection:
         try:
-            return await aio_pika.connect_robust(
-                self.settings.dsn,
+            return await connect_cluster(
+                self.settings.node_urls,
+                shuffle=self.settings.shuffle_nodes,
                 timeout=self.settings.publish_timeout_seconds,
-                client_properties={"connection_name": "krolik"},
+                heartbeat=self.settings.heartbeat_seconds,
+                connection_name="krolik",
             )
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"RabbitMQ cannot be reached: {type(exc).__name__}") from None
@@ -175,9 +212,40 @@ class RabbitMQBroker(Broker):
     async def declare_queue(self, channel: AbstractChannel, krolik_queue: str) -> AbstractQueue:
         spec = self.topology.queue(krolik_queue)
         self.queue_names.add(spec.name)
-        queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+        arguments = (
+            spec.arguments_without_limit if spec.name in self._without_limit else spec.arguments
+        )
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=arguments)
         await queue.bind(self.topology.exchange, routing_key=spec.routing_key)
         return queue
+
+    async def _check_delivery_limit(
+        self, connection: AbstractRobustConnection, krolik_queue: str
+    ) -> None:
+        """Learn, on a channel of its own, whether the queue exists without the delivery
+        limit (created by an earlier version): then it is declared as it is, with a
+        warning, rather than refused."""
+        spec = self.topology.queue(krolik_queue)
+        if DELIVERY_LIMIT_ARGUMENT not in spec.arguments or spec.name in self._limit_checked:
+            return
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            if DELIVERY_LIMIT_ARGUMENT not in str(exc):
+                raise
+            self._without_limit.add(spec.name)
+            log.warning(
+                "rabbitmq_queue_without_delivery_limit",
+                queue=spec.name,
+                hint="set a 'delivery-limit' policy on it, or delete it to have it "
+                "declared again with the limit",
+            )
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*_CONNECTION_ERRORS):
+                    await channel.close()
+        self._limit_checked.add(spec.name)
 
     async def _ensure_declared(self, krolik_queue: str) -> str | None:
         """Declare the queue once per connection; what RabbitMQ said if it refused.
@@ -191,6 +259,10 @@ class RabbitMQBroker(Broker):
         async with self._declare_lock:
             if krolik_queue in self._declared or self._publisher is None:
                 return None
+            try:
+                await self._check_delivery_limit(self._publisher, krolik_queue)
+            except _QUEUE_REFUSALS as exc:
+                return f"{type(exc).__name__}: {exc}"
             channel = await self._publisher.channel()
             try:
                 await self.declare_queue(channel, krolik_queue)
@@ -204,7 +276,7 @@ class RabbitMQBroker(Broker):
         return None
 
     async def publish(self, messages: Sequence[TaskMessage], per_message: int = 1) -> PublishResult:
-        exchange = self._exchange
+        exchange, channel = self._exchange, self._channel
         if exchange is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
         loop = asyncio.get_running_loop()
@@ -222,6 +294,11 @@ class RabbitMQBroker(Broker):
         except (*_CONNECTION_ERRORS, TimeoutError) as exc:
             self._declared.clear()
             raise BrokerUnavailable(f"publishing failed: {type(exc).__name__}") from None
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            self._declared.clear()
+            raise BrokerUnavailable("publishing failed: the connection closed") from None
         sending = [group for group in groups if messages[group[0]].queue not in queue_errors]
         # All publishes in flight at once; each awaits its own confirm.
         flights = [
@@ -232,28 +309,51 @@ class RabbitMQBroker(Broker):
             await asyncio.wait(flights, timeout=max(deadline - loop.time(), 0))
         confirmed = [False] * len(messages)
         unavailable: str | None = None
+        nacked = False
         for group, flight in zip(sending, flights, strict=True):
             krolik_queue = messages[group[0]].queue
             if not flight.done():
                 flight.cancel()
                 unavailable = "TimeoutError"
                 continue
+            if flight.cancelled():  # by aiormq: the connection closed under it
+                unavailable = "ConnectionClosed"
+                continue
             error = flight.exception()
             if error is None:
                 for index in group:
                     confirmed[index] = True
             elif isinstance(error, aio_pika.exceptions.DeliveryError):
-                # Returned unroutable (the queue was deleted) or nacked (full): declare
-                # it again next time; only this queue waits.
+                # Returned unroutable (the queue was deleted) or nacked (full, or its
+                # leader just moved): declare it again next time; only this queue waits.
                 queue_errors[krolik_queue] = f"{type(error).__name__}: {error}"
                 self._declared.discard(krolik_queue)
+                nacked = nacked or not isinstance(error, aiormq.exceptions.PublishError)
             else:
                 unavailable = type(error).__name__
+        if nacked:
+            await self._renew_channel(channel)
         if unavailable is not None:
             self._declared.clear()
             if not any(confirmed) and not queue_errors:
                 raise BrokerUnavailable(f"publishing failed: {unavailable}")
         return PublishResult(tuple(confirmed), queue_errors, unavailable)
+
+    async def _renew_channel(self, stale: AbstractChannel | None) -> None:
+        """A new publishing channel after a nack. RabbitMQ 3.10 was seen nacking every
+        publish of a channel opened just as a quorum queue's leader died, for the
+        channel's whole life; a new channel publishes normally."""
+        async with self._declare_lock:
+            if self._publisher is None or stale is None or self._channel is not stale:
+                return  # closed, or renewed by another publish meanwhile
+            try:
+                with _connection_loss_is_unavailable("renewing the channel"):
+                    self._channel = await self._declare_topology(self._publisher)
+            except (*_CONNECTION_ERRORS, BrokerUnavailable):
+                return  # RabbitMQ away: the robust connection restores the old channel
+            log.info("rabbitmq_publish_channel_renewed")
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await stale.close()
 
     async def _publish_group(
         self, exchange: AbstractExchange, group: Sequence[TaskMessage]
@@ -274,7 +374,13 @@ class RabbitMQBroker(Broker):
     async def publish_dead_letter(self, body: bytes, reason: str, origin: str) -> None:
         if self._dead_exchange is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
-        await self._dead_exchange.publish(
+        with _connection_loss_is_unavailable("dead-lettering"):
+            await self._publish_dead_letter(self._dead_exchange, body, reason, origin)
+
+    async def _publish_dead_letter(
+        self, exchange: AbstractExchange, body: bytes, reason: str, origin: str
+    ) -> None:
+        await exchange.publish(
             aio_pika.Message(
                 body,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -289,11 +395,14 @@ class RabbitMQBroker(Broker):
         self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
     ) -> Subscription:
         try:
-            return await self._subscribe(queues, prefetch, handler)
-        except _CONNECTION_ERRORS as exc:
+            with _connection_loss_is_unavailable("subscribing"):
+                return await self._subscribe(queues, prefetch, handler)
+        except (*_CONNECTION_ERRORS, BrokerUnavailable) as exc:
             consumer, self._consumer = self._consumer, None  # the next try connects afresh
             if consumer is not None:
                 await _close_quietly(consumer)
+            if isinstance(exc, BrokerUnavailable):
+                raise
             raise BrokerUnavailable(f"RabbitMQ went away: {type(exc).__name__}") from None
 
     async def _subscribe(
@@ -301,6 +410,8 @@ class RabbitMQBroker(Broker):
     ) -> Subscription:
         if self._consumer is None:
             self._consumer = await self._connect()
+        for krolik_queue in queues:
+            await self._check_delivery_limit(self._consumer, krolik_queue)
         channel = await self._consumer.channel()
         await channel.set_qos(prefetch_count=prefetch)
 

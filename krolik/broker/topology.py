@@ -3,7 +3,8 @@
 The default Krolik queue keeps the seed's names (``task_queue`` bound to
 ``task_exchange`` by ``task.new``); any other queue ``q`` becomes
 ``task_queue.q`` bound by ``task.new.q``. Every queue dead-letters into one
-dead-letter queue, ``task_queue.dead``.
+dead-letter queue, ``task_queue.dead``: what Krolik rejects, and (quorum queues)
+a message delivered ``delivery_limit`` times, every worker that took it having died.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ REASON_HEADER = "x-krolik-reason"
 MAX_REASON_LENGTH = 1000
 """Longer dead-letter reasons are cut: AMQP headers must stay small."""
 ORIGIN_HEADER = "x-krolik-queue"
+DELIVERY_LIMIT_ARGUMENT = "x-delivery-limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +29,24 @@ class QueueSpec:
     queue_type: QueueType
     dead_letter_exchange: str
     dead_letter_routing_key: str
+    delivery_limit: int | None = None
 
     @property
     def arguments(self) -> dict[str, Any]:
-        return {
+        arguments: dict[str, Any] = {
             "x-queue-type": self.queue_type.value,
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-dead-letter-routing-key": self.dead_letter_routing_key,
         }
+        if self.delivery_limit is not None and self.queue_type is QueueType.QUORUM:
+            arguments[DELIVERY_LIMIT_ARGUMENT] = self.delivery_limit
+        return arguments
+
+    @property
+    def arguments_without_limit(self) -> dict[str, Any]:
+        """For a queue declared before Krolik set a delivery limit: RabbitMQ refuses to
+        redeclare a queue with an argument it was not created with."""
+        return {k: v for k, v in self.arguments.items() if k != DELIVERY_LIMIT_ARGUMENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,7 @@ class Topology:
     base_routing_key: str
     queue_type: QueueType
     default_queue: str
+    delivery_limit: int | None = None
 
     @classmethod
     def from_settings(cls, settings: RabbitMQSettings, default_queue: str) -> Topology:
@@ -53,6 +66,7 @@ class Topology:
             base_routing_key=settings.routing_key,
             queue_type=settings.queue_type,
             default_queue=default_queue,
+            delivery_limit=settings.delivery_limit,
         )
 
     @property
@@ -76,4 +90,5 @@ class Topology:
             queue_type=self.queue_type,
             dead_letter_exchange=self.dead_letter_exchange,
             dead_letter_routing_key=self.dead_letter_queue,
+            delivery_limit=self.delivery_limit,
         )

@@ -38,3 +38,11 @@ async def block_loop_past_timeout(payload: dict[str, Any]) -> str:
     """Block the loop past the handler's timeout: the timer cannot fire meanwhile."""
     time.sleep(float(payload["seconds"]))
     return "finished late"
+
+
+@task(name="note_run")
+async def note_run(payload: dict[str, Any], context: TaskContext) -> int:
+    """Append "task attempt pid" to the file ``payload["runs"]``: a test counts the runs."""
+    with open(payload["runs"], "a") as runs:
+        runs.write(f"{context.task_id} {context.attempt} {os.getpid()}\n")
+    return context.task_id

@@ -7,13 +7,17 @@ channels and declarations that follow it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from krolik.broker.rabbitmq import RabbitMQBroker
+from krolik.broker.wire import TaskMessage
 from krolik.errors import BrokerUnavailable
 from krolik.settings import RabbitMQSettings
+from tests.conftest import close_and_delete
 from tests.integration.conftest import topology_of
 from tests.support.proxy import TcpProxy
 
@@ -66,3 +70,60 @@ async def test_an_outage_while_subscribing_is_unavailable(settings, rabbit_proxy
         await broker.consume(["default"], 2, ignore)
     await rabbit_proxy.restore()
     await broker.close()
+
+
+async def test_publishing_to_a_frozen_node_is_unavailable_then_resumes(
+    settings, rabbit_proxy
+) -> None:
+    """A node that stops answering (SIGSTOP) without closing its sockets: every publish
+    meanwhile comes back as unavailable, never as an exception of another kind (a
+    CancelledError out of the AMQP client once ended the relay's loop), and publishing
+    resumes once the node answers again."""
+    broker = broker_through(settings, rabbit_proxy)
+    broker.settings = broker.settings.model_copy(update={"heartbeat_seconds": 1})
+    await broker.connect()
+    message = TaskMessage(task_id=1, queue=settings.default_queue, name="x")
+    assert (await broker.publish([message])).confirmed == (True,)
+
+    rabbit_proxy.freeze()
+    loop = asyncio.get_running_loop()
+    frozen_until = loop.time() + 9  # past the heartbeat's (1 + 1) x 3 s grace
+    outcomes: list[str] = []
+    while loop.time() < frozen_until:
+        try:
+            result = await broker.publish([message])
+            outcomes.append("confirmed" if all(result.confirmed) else "unconfirmed")
+        except BrokerUnavailable:
+            outcomes.append("unavailable")
+            await asyncio.sleep(0.2)
+    rabbit_proxy.thaw()
+    assert "unavailable" in outcomes
+
+    async def confirms() -> bool:
+        try:
+            return (await broker.publish([message])).confirmed == (True,)
+        except BrokerUnavailable:
+            await asyncio.sleep(0.2)
+            return False
+
+    resumed_by = loop.time() + 20
+    while not await confirms():
+        assert loop.time() < resumed_by, "publishing did not resume after the thaw"
+    await close_and_delete([broker], settings)
+
+
+async def test_a_dead_first_node_is_skipped(settings) -> None:
+    """With several URLs, a node that refuses connections is passed over for the next."""
+    from tests.support.processes import free_port
+
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    live = settings.rabbitmq.dsn
+    nodes = settings.rabbitmq.model_copy(
+        update={"url": SecretStr(f"{dead},{live}"), "shuffle_nodes": False}
+    )
+    broker = RabbitMQBroker(nodes, topology_of(settings))
+    await broker.connect()
+    await broker.ping()
+    message = TaskMessage(task_id=1, queue=settings.default_queue, name="x")
+    assert (await broker.publish([message])).confirmed == (True,)
+    await close_and_delete([broker], settings)

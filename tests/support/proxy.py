@@ -10,6 +10,8 @@ class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target.
 
     ``cut()`` drops every connection and refuses new ones; ``restore()`` listens again.
+    ``freeze()`` keeps every connection open but forwards nothing, as a frozen server
+    (SIGSTOP) would; ``thaw()`` lets the bytes flow again.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -19,6 +21,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -41,6 +45,12 @@ class TcpProxy:
         """The service 'comes back' on the same port."""
         await self.start()
 
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     async def stop(self) -> None:
         await self.cut()
 
@@ -59,6 +69,7 @@ class TcpProxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(65536):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.CancelledError):

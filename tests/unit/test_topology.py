@@ -22,6 +22,7 @@ def test_from_settings_copies_names():
         base_routing_key="r",
         queue_type=QueueType.CLASSIC,
         default_queue="main",
+        delivery_limit=20,
     )
 
 
@@ -55,7 +56,9 @@ def test_queue_arguments(topology, krolik_queue):
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": "task_exchange.dead",
         "x-dead-letter-routing-key": "task_queue.dead",
+        "x-delivery-limit": 20,
     }
+    assert "x-delivery-limit" not in spec.arguments_without_limit
 
 
 def test_classic_queue_type_is_carried():
@@ -69,3 +72,12 @@ def test_a_different_default_queue_takes_the_base_names():
     topology = Topology.from_settings(RabbitMQSettings(), default_queue="main")
     assert topology.queue("main").name == "task_queue"
     assert topology.queue("default").name == "task_queue.default"
+
+
+def test_the_delivery_limit_is_for_quorum_queues_only():
+    classic = Topology.from_settings(
+        RabbitMQSettings(queue_type=QueueType.CLASSIC), default_queue="default"
+    )
+    assert "x-delivery-limit" not in classic.queue("default").arguments
+    unlimited = Topology.from_settings(RabbitMQSettings(delivery_limit=None), "default")
+    assert "x-delivery-limit" not in unlimited.queue("default").arguments

@@ -1,0 +1,206 @@
+"""Real clusters beside the machine's services: three RabbitMQ nodes, a PostgreSQL pair.
+
+The shell recipes next to this file start them from Debian's packages on other loopback
+ports (RabbitMQ 5673-5675, PostgreSQL 5433/5434 by default; see their headers) and never
+touch the services on the standard ports. This module drives them for the cluster tests
+and lets a test kill, freeze or stop one node by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+POSTGRES_BIN = Path(os.environ.get("KROLIK_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class ClusterError(RuntimeError):
+    """A recipe failed; the message carries its output."""
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float) -> str:
+    done = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise ClusterError(
+            f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+    return done.stdout
+
+
+@dataclass
+class RabbitCluster:
+    """Three (``nodes``) RabbitMQ nodes ``so1..soN@localhost`` clustered together."""
+
+    base: Path
+    port0: int = 5673
+    nodes: int = 3
+    net_ticktime: int = 10
+    """Seconds before the other nodes count a silent (frozen) node as down; RabbitMQ's
+    default is 60, and until then new connections to the others may wait."""
+
+    @staticmethod
+    def available() -> bool:
+        return (RABBITMQ_BIN / "rabbitmq-server").is_file()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return os.environ | {
+            "RMQ_BASE": str(self.base),
+            "RMQ_NODES": str(self.nodes),
+            "RMQ_PORT0": str(self.port0),
+            "RMQ_NET_TICKTIME": str(self.net_ticktime),
+        }
+
+    def recipe(self, action: str, timeout: float = 240) -> str:
+        return _run(["sh", str(HERE / "rabbitmq-cluster.sh"), action], self.env, timeout)
+
+    def start(self) -> None:
+        """Start the nodes that are not running (a fresh cluster takes 35-55 s)."""
+        self.recipe("start")
+
+    def wipe(self) -> None:
+        self.recipe("wipe", timeout=60)
+
+    def port(self, node: int) -> int:
+        return self.port0 + node - 1
+
+    def url(self, node: int) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port(node)}/"
+
+    def urls(self, *order: int) -> str:
+        """The nodes' URLs, comma-separated, in ``order`` (default: 1..N)."""
+        return ",".join(self.url(node) for node in (order or range(1, self.nodes + 1)))
+
+    def node_name(self, node: int) -> str:
+        return f"so{node}@localhost"
+
+    def pid(self, node: int) -> int:
+        return int((self.base / f"n{node}" / "pid").read_text().strip())
+
+    def alive(self, node: int) -> bool:
+        try:
+            os.kill(self.pid(node), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def kill9(self, node: int) -> None:
+        """kill -9 the node's Erlang VM and its helper processes, by PID."""
+        pid = self.pid(node)
+        children = _children(pid)
+        for target in [pid, *children, *(g for c in children for g in _children(c))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGKILL)
+        (self.base / f"n{node}" / "pid").unlink(missing_ok=True)
+
+    def freeze(self, node: int) -> None:
+        os.kill(self.pid(node), signal.SIGSTOP)
+
+    def thaw(self, node: int) -> None:
+        os.kill(self.pid(node), signal.SIGCONT)
+
+    def stop_node(self, node: int) -> None:
+        """A clean stop of one node (``rabbitmqctl stop``)."""
+        self.ctl(node, "stop", str(self.base / f"n{node}" / "pid"))
+        (self.base / f"n{node}" / "pid").unlink(missing_ok=True)
+
+    def ctl(self, node: int, *args: str, timeout: float = 60) -> str:
+        env = self.env | {"HOME": str(self.base / "home")}
+        command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-q", "-n", self.node_name(node), *args]
+        return _run(command, env, timeout)
+
+    def queue_leader(self, queue: str, *, ask: int = 1) -> int:
+        """The node leading quorum queue ``queue``, as the management API of ``ask`` says."""
+        url = f"http://127.0.0.1:{self.port0 + 10000 + ask - 1}/api/queues/%2F/{queue}"
+        request = urllib.request.Request(url)
+        request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")  # guest:guest
+        with urllib.request.urlopen(request, timeout=10) as response:
+            leader = json.load(response)["leader"]
+        return int(leader.removeprefix("so").split("@")[0])
+
+    def wait_running(self, count: int, *, ask: int, timeout: float = 120) -> None:
+        """Wait until node ``ask`` sees ``count`` running nodes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = json.loads(self.ctl(ask, "cluster_status", "--formatter", "json"))
+                if len(status.get("running_nodes", [])) >= count:
+                    return
+            except (ClusterError, subprocess.TimeoutExpired, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{count} running nodes not seen by so{ask} in {timeout}s")
+            time.sleep(0.5)
+
+
+@dataclass
+class PostgresPair:
+    """A PostgreSQL primary and its streaming hot standby."""
+
+    base: Path
+    primary_port: int = 5433
+    replica_port: int = 5434
+
+    @staticmethod
+    def available() -> bool:
+        return (POSTGRES_BIN / "initdb").is_file() and (POSTGRES_BIN / "pg_basebackup").is_file()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return os.environ | {
+            "PG_BASE": str(self.base),
+            "PG_PRIMARY_PORT": str(self.primary_port),
+            "PG_REPLICA_PORT": str(self.replica_port),
+            "PG_BIN": str(POSTGRES_BIN),
+        }
+
+    def recipe(self, action: str, timeout: float = 120) -> str:
+        return _run(["sh", str(HERE / "postgres-pair.sh"), action], self.env, timeout)
+
+    def start(self) -> None:
+        self.recipe("start")
+
+    def wipe(self) -> None:
+        self.recipe("wipe")
+
+    def promote(self) -> None:
+        self.recipe("promote")
+
+    def stop_primary(self, mode: str = "immediate") -> None:
+        """``pg_ctl stop -m MODE`` of the primary (immediate: as a crash would)."""
+        command = [
+            str(POSTGRES_BIN / "pg_ctl"),
+            "-D",
+            str(self.base / "primary"),
+            "-m",
+            mode,
+            "-w",
+            "stop",
+        ]
+        if os.getuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        _run(command, self.env, 60)
+
+    def url(self, port: int, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{database}"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        ).stdout
+    except OSError:
+        return []
+    return [int(line) for line in out.split()]
