@@ -21,13 +21,30 @@ class QueueType(StrEnum):
 
 class DatabaseSettings(BaseModel):
     url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+    """One server, or several in libpq's form (``user@host1:5432,host2:5432/db`` with
+    ``?target_session_attrs=read-write``): each new connection goes to the one that
+    takes writes, so a promoted replica is found without a restart."""
     pool_size: int = Field(10, ge=1)
     max_overflow: int = Field(10, ge=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
 
     @property
     def dsn(self) -> str:
-        return self.url.get_secret_value()
+        """The URL as SQLAlchemy parses it (several hosts become ``?host=`` parameters)."""
+        return hosts_as_query(self.url.get_secret_value())
+
+
+def hosts_as_query(url: str) -> str:
+    """libpq's multi-host URL (``user@h1:5432,h2:5433/db``) in the form SQLAlchemy's
+    asyncpg dialect parses (``user@/db?host=h1:5432&host=h2:5433``); others unchanged."""
+    scheme, separator, rest = url.partition("://")
+    netloc, _, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not separator or "," not in hosts:
+        return url
+    path, _, query = tail.partition("?")
+    params = "&".join(f"host={host.strip()}" for host in hosts.split(",") if host.strip())
+    return f"{scheme}://{userinfo}{at}/{path}?{params}{'&' + query if query else ''}"
 
 
 class RabbitMQSettings(BaseModel):

@@ -3,9 +3,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from krolik.settings import QueueType, Settings
+from krolik.settings import DatabaseSettings, QueueType, Settings
 
 
 @pytest.fixture(autouse=True)
@@ -86,3 +86,27 @@ def test_secrets_do_not_appear_in_repr(monkeypatch):
     # but the code that connects still gets them
     assert "s3cretDbPass" in settings.db.dsn
     assert "s3cretMqPass" in settings.rabbitmq.dsn
+
+
+def test_a_multi_host_database_url_is_given_to_sqlalchemy_as_host_parameters() -> None:
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect
+    from sqlalchemy.engine import make_url
+
+    settings = DatabaseSettings(
+        url=SecretStr(
+            "postgresql+asyncpg://krolik:pw@db1:5432,db2:5433/tasks?target_session_attrs=read-write"
+        )
+    )
+    assert settings.dsn == (
+        "postgresql+asyncpg://krolik:pw@/tasks"
+        "?host=db1:5432&host=db2:5433&target_session_attrs=read-write"
+    )
+    _, connect = dialect().create_connect_args(make_url(settings.dsn))
+    assert connect["host"] == ["db1", "db2"]
+    assert connect["port"] == [5432, 5433]
+    assert connect["target_session_attrs"] == "read-write"
+
+
+def test_a_single_host_database_url_is_unchanged() -> None:
+    url = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    assert DatabaseSettings(url=SecretStr(url)).dsn == url
