@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,8 +29,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from krolik.events import Observer
-from krolik.store.base import TaskStore
 from krolik.store.records import OutboxStats, QueueStats, Task
+
+if TYPE_CHECKING:
+    from krolik.store.replica import ReplicaReads, StatusReads
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreGauges"]
 
@@ -199,9 +201,11 @@ class Metrics(Observer):
 class StoreGauges(Collector):
     """Gauges read from the store: refreshed by ``refresh`` (async), served from memory."""
 
-    store: TaskStore
+    store: StatusReads
+    """The store, or a read replica while it keeps up (``store/replica.py``)."""
     stuck_after_seconds: float
     max_age_seconds: float = 5.0
+    replica: ReplicaReads | None = None
     queues: list[QueueStats] = field(default_factory=list)
     outbox: OutboxStats | None = None
     refreshed_at: float = 0.0
@@ -211,6 +215,8 @@ class StoreGauges(Collector):
             return
         self.queues = await self.store.queue_stats(self.stuck_after_seconds)
         self.outbox = await self.store.outbox_stats()
+        if self.replica is not None:
+            await self.replica.check()
         self.refreshed_at = time.monotonic()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -253,3 +259,17 @@ class StoreGauges(Collector):
             oldest_due = self.outbox.oldest_due_at
             lag.add_metric([], max((now - oldest_due).total_seconds(), 0.0) if oldest_due else 0)
         yield from (backlog, lag)
+        if self.replica is not None:
+            state = self.replica.state
+            usable = GaugeMetricFamily(
+                "krolik_db_replica_usable",
+                "1 while the read replica serves the API's reads (keeps up, reachable).",
+            )
+            usable.add_metric([], 1.0 if state.usable else 0.0)
+            yield usable
+            if state.lag_seconds is not None:
+                replica_lag = GaugeMetricFamily(
+                    "krolik_db_replica_lag_seconds", "Replay lag of the read replica."
+                )
+                replica_lag.add_metric([], state.lag_seconds)
+                yield replica_lag

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from krolik.maintenance import LeaseRescuer
     from krolik.metrics import StoreGauges
     from krolik.rate_limit import RateLimiter
+    from krolik.store.replica import ReplicaReads, StatusReads
     from krolik.submit import Submitter
     from krolik.worker import Worker
 
@@ -87,6 +88,22 @@ def build_broker(settings: Settings, mode: Mode = Mode.PRODUCTION) -> Broker:
     )
 
 
+def _build_replica(settings: Settings, mode: Mode, primary: TaskStore) -> ReplicaReads | None:
+    """The read replica of ``APP__DB__READ_URL`` (production only), or None."""
+    if mode is not Mode.PRODUCTION or settings.db.read_url is None:
+        return None
+    from krolik.store.postgres import PostgresTaskStore
+    from krolik.store.replica import ReplicaReads
+
+    on_replica = settings.db.model_copy(update={"url": settings.db.read_url, "read_url": None})
+    return ReplicaReads(
+        primary,
+        PostgresTaskStore.from_settings(on_replica),
+        max_lag_seconds=settings.db.read_max_lag_seconds,
+        check_seconds=settings.db.read_check_seconds,
+    )
+
+
 @dataclass
 class ApiServices:
     """What the HTTP API serves from, besides the store and the broker."""
@@ -95,6 +112,9 @@ class ApiServices:
     keys: KeyCache
     rate_limiter: RateLimiter
     gauges: StoreGauges
+    reads: StatusReads
+    """Where list and status reads go: the store, or a replica while it keeps up."""
+    replica: ReplicaReads | None = None
 
 
 @dataclass
@@ -151,15 +171,22 @@ class Node:
             from krolik.rate_limit import RateLimiter
             from krolik.submit import Submitter
 
+            replica = _build_replica(settings, mode, the_store)
+            reads: StatusReads = replica or the_store
+            if replica is not None:
+                node.owned.append(replica.replica)
             node.api = ApiServices(
                 submitter=Submitter(the_store, settings.api, relay=node.relay, observer=observer),
                 keys=KeyCache(settings.auth.cache_seconds),
                 rate_limiter=RateLimiter(settings.rate_limit),
                 gauges=StoreGauges(
-                    the_store,
+                    reads,
                     settings.metrics.stuck_after_seconds,
                     max_age_seconds=settings.metrics.refresh_seconds,
+                    replica=replica,
                 ),
+                reads=reads,
+                replica=replica,
             )
         if Role.WORKER in roles:
             from krolik.maintenance import LeaseRescuer

@@ -27,11 +27,21 @@ class DatabaseSettings(BaseModel):
     pool_size: int = Field(10, ge=1)
     max_overflow: int = Field(10, ge=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
+    read_url: SecretStr | None = None
+    """A streaming replica for the API's list and status reads; None: all on ``url``."""
+    read_max_lag_seconds: float = Field(1.0, ge=0)
+    """A replica further behind than this is passed over for the primary."""
+    read_check_seconds: float = Field(1.0, gt=0)
+    """How often a replica's lag is measured (by the read that finds the last too old)."""
 
     @property
     def dsn(self) -> str:
         """The URL as SQLAlchemy parses it (several hosts become ``?host=`` parameters)."""
         return hosts_as_query(self.url.get_secret_value())
+
+    @property
+    def read_dsn(self) -> str | None:
+        return None if self.read_url is None else hosts_as_query(self.read_url.get_secret_value())
 
 
 def hosts_as_query(url: str) -> str:

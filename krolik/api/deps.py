@@ -18,6 +18,7 @@ from krolik.node import ApiServices, Node
 from krolik.relay import OutboxRelay
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
+from krolik.store.replica import StatusReads
 from krolik.submit import Submitter
 
 
@@ -48,6 +49,10 @@ async def _store(request: Request) -> TaskStore:
     return node_of(request).store
 
 
+async def _reads(request: Request) -> StatusReads:
+    return api_of(request).reads
+
+
 async def _broker(request: Request) -> Broker:
     return node_of(request).broker
 
@@ -61,6 +66,8 @@ async def _relay(request: Request) -> OutboxRelay | None:
 
 
 StoreDep = Annotated[TaskStore, Depends(_store)]
+ReadsDep = Annotated[StatusReads, Depends(_reads)]
+"""List and status reads: from a read replica while it keeps up, else the store."""
 BrokerDep = Annotated[Broker, Depends(_broker)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RelayDep = Annotated[OutboxRelay | None, Depends(_relay)]

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
 
-from krolik.migrate import upgrade_async
 from krolik.settings import Settings
 from krolik.store.postgres import PostgresTaskStore
-from tests.cluster.conftest import CLUSTER_BASE
-from tests.conftest import service_missing, test_settings
+from tests.cluster.conftest import prepare
+from tests.conftest import test_settings
 from tests.e2e.conftest import E2E_TIMINGS, Cluster, _delete_rabbit_objects, settings_env
 from tests.support.clusters import PostgresPair
 
@@ -38,49 +34,6 @@ CLIENTS = 8
 BEFORE_CRASH_SECONDS = 3.0
 PROMOTE_AFTER_SECONDS = 1.0
 AFTER_PROMOTION_SECONDS = 4.0
-
-
-@pytest.fixture
-async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresPair]:
-    """A fresh primary and replica for each test (a failover leaves the old primary
-    behind, which must not rejoin as a primary)."""
-    if not PostgresPair.available():
-        service_missing("PostgreSQL's server binaries are not installed")
-    the_pair = PostgresPair(base=CLUSTER_BASE / f"pg-{uuid.uuid4().hex[:6]}")
-    the_pair.wipe()
-    the_pair.start()
-    try:
-        yield the_pair
-    finally:
-        the_pair.wipe()
-
-
-async def prepare(pair: PostgresPair, *, synchronous: bool) -> str:
-    """A migrated database on the primary, replayed on the replica; its name."""
-    name = f"krolik_failover_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(host="127.0.0.1", port=pair.primary_port, user="postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        if synchronous:
-            await admin.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
-            await admin.execute("SELECT pg_reload_conf()")
-    finally:
-        await admin.close()
-    await upgrade_async(pair.url(pair.primary_port, name))
-    primary = await asyncpg.connect(host="127.0.0.1", port=pair.primary_port, user="postgres")
-    replica = await asyncpg.connect(host="127.0.0.1", port=pair.replica_port, user="postgres")
-    try:
-        target = await primary.fetchval("SELECT pg_current_wal_lsn()")
-        for _ in range(200):
-            if await replica.fetchval("SELECT pg_last_wal_replay_lsn() >= $1", target):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the replica did not replay the migrations")
-    finally:
-        await primary.close()
-        await replica.close()
-    return name
 
 
 def failover_settings(pair: PostgresPair, database: str, run_id: str) -> Settings:

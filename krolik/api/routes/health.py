@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from krolik.api.deps import BrokerDep, StoreDep
+from krolik.api.deps import BrokerDep, StoreDep, api_of
 from krolik.api.schemas import Health
 from krolik.errors import KrolikError
 
@@ -26,12 +26,17 @@ async def alive() -> Health:
     responses={503: {"model": Health}},
     summary="PostgreSQL and RabbitMQ are reachable",
 )
-async def ready(store: StoreDep, broker: BrokerDep) -> JSONResponse:
+async def ready(store: StoreDep, broker: BrokerDep, request: Request) -> JSONResponse:
     checks = {
         "database": await _check(store.ping()),
         "broker": await _check(broker.ping()),
     }
     healthy = all(state == "ok" for state in checks.values())
+    replica = api_of(request).replica
+    if replica is not None:
+        # Reads fall back to the primary, so an unusable replica leaves the API ready.
+        state = await replica.check()
+        checks["replica"] = "ok" if state.usable else f"unusable: {state.reason}"
     body = Health(status="ok" if healthy else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
 

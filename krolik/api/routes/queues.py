@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from krolik.api.auth import ReadAccess
-from krolik.api.deps import BrokerDep, SettingsDep, StoreDep
+from krolik.api.deps import BrokerDep, ReadsDep, SettingsDep
 from krolik.api.errors import GUARDED_RESPONSES
 from krolik.errors import BrokerError
 
@@ -31,11 +31,11 @@ class QueueOut(BaseModel):
 
 @router.get("/queues", response_model=list[QueueOut], summary="Every queue, with its counts")
 async def list_queues(
-    store: StoreDep, broker: BrokerDep, settings: SettingsDep, _: ReadAccess
+    reads: ReadsDep, broker: BrokerDep, settings: SettingsDep, _: ReadAccess
 ) -> list[QueueOut]:
     now = datetime.now(UTC)
     stats = {
-        item.queue: item for item in await store.queue_stats(settings.metrics.stuck_after_seconds)
+        item.queue: item for item in await reads.queue_stats(settings.metrics.stuck_after_seconds)
     }
     names = sorted(set(stats) | {settings.default_queue})
     answer = []

@@ -20,7 +20,14 @@ from krolik.api.auth import (
     SubmitAccess,
     authorize,
 )
-from krolik.api.deps import RelayDep, SettingsDep, StoreDep, settings_of, submitter_of
+from krolik.api.deps import (
+    ReadsDep,
+    RelayDep,
+    SettingsDep,
+    StoreDep,
+    settings_of,
+    submitter_of,
+)
 from krolik.api.errors import GUARDED_RESPONSES, BadRequest
 from krolik.api.json_body import read_json_body
 from krolik.api.schemas import (
@@ -190,7 +197,7 @@ DIRECT_ENDPOINTS = (_create,)
 )
 async def list_tasks(
     _: ReadAccess,
-    store: StoreDep,
+    reads: ReadsDep,
     settings: SettingsDep,
     task_status: Annotated[TaskStatus | None, Query(alias="status")] = None,
     name: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
@@ -200,7 +207,7 @@ async def list_tasks(
 ) -> TaskPage:
     page_size = limit or settings.api.default_page_size
     before = decode_cursor(cursor) if cursor else None
-    found = await store.list_tasks(
+    found = await reads.list_tasks(
         TaskFilter(status=task_status, name=name, queue=queue),
         before_id=before,
         limit=page_size + 1,
@@ -213,8 +220,8 @@ async def list_tasks(
 @router.get(
     "/{task_id}", response_model=TaskDetail, responses={404: ERRORS[404]}, summary="Read a task"
 )
-async def get_task(task_id: TaskId, store: StoreDep, _: ReadAccess) -> TaskDetail:
-    task = await store.get(task_id)
+async def get_task(task_id: TaskId, reads: ReadsDep, store: StoreDep, _: ReadAccess) -> TaskDetail:
+    task = await reads.get(task_id)
     if task is None:
         raise TaskNotFound(f"task {task_id} does not exist")
     detail = TaskDetail.of(task)

@@ -179,15 +179,14 @@ class PostgresPair:
 
     def stop_primary(self, mode: str = "immediate") -> None:
         """``pg_ctl stop -m MODE`` of the primary (immediate: as a crash would)."""
-        command = [
-            str(POSTGRES_BIN / "pg_ctl"),
-            "-D",
-            str(self.base / "primary"),
-            "-m",
-            mode,
-            "-w",
-            "stop",
-        ]
+        self._stop("primary", mode)
+
+    def stop_replica(self, mode: str = "fast") -> None:
+        self._stop("replica", mode)
+
+    def _stop(self, which: str, mode: str) -> None:
+        pg_ctl = str(POSTGRES_BIN / "pg_ctl")
+        command = [pg_ctl, "-D", str(self.base / which), "-m", mode, "-w", "stop"]
         if os.getuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
         _run(command, self.env, 60)
