@@ -27,6 +27,9 @@ class DatabaseSettings(BaseModel):
     pool_size: int = Field(10, ge=1)
     max_overflow: int = Field(10, ge=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
+    pgbouncer: bool = False
+    """Behind PgBouncer in transaction (or statement) pooling mode: no prepared statement
+    outlives its statement, as the next may run on another server connection."""
     read_url: SecretStr | None = None
     """A streaming replica for the API's list and status reads; None: all on ``url``."""
     read_max_lag_seconds: float = Field(1.0, ge=0)

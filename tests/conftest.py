@@ -43,6 +43,8 @@ PG_HOST = os.environ.get("KROLIK_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("KROLIK_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("KROLIK_TEST_PG_USER", "postgres")
 AMQP_URL = os.environ.get("KROLIK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+BEHIND_PGBOUNCER = bool(os.environ.get("KROLIK_TEST_PGBOUNCER"))
+"""KROLIK_TEST_PG_PORT is a PgBouncer in transaction mode (tests/cluster/test_pgbouncer.py)."""
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +143,7 @@ def run_id() -> str:
 def test_settings(database: str, run_id: str, **overrides: Any) -> Settings:
     """Settings with short timings, so leases, retries and polls play out in a test."""
     values: dict[str, Any] = {
-        "db": {"url": pg_url(database), "pool_size": 5},
+        "db": {"url": pg_url(database), "pool_size": 5, "pgbouncer": BEHIND_PGBOUNCER},
         "rabbitmq": {
             "url": AMQP_URL,
             "queue_name": f"krolik_test_{run_id}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC
@@ -147,7 +148,22 @@ APPLICATION_NAME = "krolik"
 COMMAND_TIMEOUT_SECONDS = 30
 
 
+def statement_cache_args(pgbouncer: bool) -> dict[str, Any]:
+    """asyncpg's arguments for the pooling in between: behind PgBouncer's transaction
+    mode a named prepared statement may be gone (or another's) on the next statement's
+    server connection, so none is cached; asyncpg then prepares each one unnamed."""
+    return {"statement_cache_size": 0} if pgbouncer else {}
+
+
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    cache_args: dict[str, Any] = statement_cache_args(settings.pgbouncer)
+    if settings.pgbouncer:
+        # SQLAlchemy's own cache of asyncpg statements, by name: off too, and the names
+        # of what it prepares unique, so two clients' statements never collide.
+        cache_args |= {
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": _unique_statement_name,
+        }
     engine = create_async_engine(
         settings.dsn,
         pool_size=settings.pool_size,
@@ -161,6 +177,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             "timeout": settings.connect_timeout_seconds,
             "command_timeout": COMMAND_TIMEOUT_SECONDS,
             "server_settings": {"application_name": APPLICATION_NAME},
+            **cache_args,
         },
     )
 
@@ -175,13 +192,25 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     return engine
 
 
+def _unique_statement_name() -> str:
+    return f"__krolik_{uuid.uuid4().hex}__"
+
+
 class PostgresTaskStore(SqlTaskStore):
     """The statements of ``store/sql/`` through SQLAlchemy, and PostgreSQL's own hot ones
     (above) straight to asyncpg, on connections of a pool of their own
     (``statement_pool.py``) to the same database."""
 
-    def __init__(self, engine: AsyncEngine, *, pool_size: int = 10, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        pool_size: int = 10,
+        timeout: float = 5.0,
+        pgbouncer: bool = False,
+    ) -> None:
         super().__init__(engine, PostgresDialect())
+        cache_args = statement_cache_args(pgbouncer)
         self.settings: DatabaseSettings | None = None
         _, connect_args = engine.dialect.create_connect_args(engine.url)
 
@@ -191,6 +220,7 @@ class PostgresTaskStore(SqlTaskStore):
                 timeout=timeout,
                 command_timeout=COMMAND_TIMEOUT_SECONDS,
                 server_settings={"application_name": APPLICATION_NAME},
+                **cache_args,
             )
             await set_json_codecs(connection)
             return connection
@@ -203,6 +233,7 @@ class PostgresTaskStore(SqlTaskStore):
             create_engine(settings),
             pool_size=settings.pool_size,
             timeout=settings.connect_timeout_seconds,
+            pgbouncer=settings.pgbouncer,
         )
         store.settings = settings
         return store

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -203,3 +205,81 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(line) for line in out.split()]
+
+
+PGBOUNCER = Path("/usr/sbin/pgbouncer")
+
+
+@dataclass
+class PgBouncer:
+    """PgBouncer in transaction pooling mode in front of ``target_port``, on ``port``.
+
+    Our own instance (Debian's package would start one of its own on 6432): a config in
+    ``base``, run in the foreground as the ``postgres`` user (PgBouncer refuses root),
+    stopped by PID.
+    """
+
+    base: Path
+    port: int
+    target_port: int = 5432
+    pool_mode: str = "transaction"
+    process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return PGBOUNCER.is_file()
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / "userlist.txt").write_text('"postgres" ""\n"root" ""\n')
+        (self.base / "pgbouncer.ini").write_text(
+            f"""[databases]
+* = host=127.0.0.1 port={self.target_port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {self.base / "userlist.txt"}
+pool_mode = {self.pool_mode}
+max_client_conn = 1000
+default_pool_size = 40
+max_db_connections = 80
+server_reset_query =
+ignore_startup_parameters = extra_float_digits
+logfile = {self.base / "pgbouncer.log"}
+"""
+        )
+        command = [str(PGBOUNCER), str(self.base / "pgbouncer.ini")]
+        if os.getuid() == 0:
+            shutil.chown(self.base, "postgres")
+            for item in self.base.iterdir():
+                shutil.chown(item, "postgres")
+            command = ["runuser", "-u", "postgres", "--", *command]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise ClusterError(f"PgBouncer did not start:\n{self.log()}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            for pid in [*_children(self.process.pid), self.process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log(self) -> str:
+        try:
+            return (self.base / "pgbouncer.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
