@@ -14,6 +14,7 @@ given) or watch server connections themselves (PgBouncer keeps its own).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ def pgbouncer() -> Iterator[PgBouncer]:
         yield bouncer
     finally:
         bouncer.stop()
+        shutil.rmtree(bouncer.base, ignore_errors=True)
 
 
 @pytest.mark.timeout(600)

@@ -283,3 +283,100 @@ logfile = {self.base / "pgbouncer.log"}
             return (self.base / "pgbouncer.log").read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+
+NGINX = Path("/usr/sbin/nginx")
+REPO_NGINX_CONF = HERE.parents[2] / "deploy" / "nginx" / "nginx.conf"
+
+
+@dataclass
+class Nginx:
+    """nginx in front of ``upstreams`` (loopback ports), with the repository's server block.
+
+    ``deploy/nginx/nginx.conf`` resolves the compose service ``api`` through Docker's DNS;
+    here the same block proxies to a static upstream of loopback ports instead, so what
+    is tested is the deployed configuration with only its addresses changed.
+    """
+
+    base: Path
+    port: int
+    upstreams: list[int]
+    process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return NGINX.is_file() and REPO_NGINX_CONF.is_file()
+
+    def config(self) -> str:
+        server_block = REPO_NGINX_CONF.read_text()
+        replaced = {
+            "resolver 127.0.0.11 valid=10s ipv6=off;": "",
+            "resolver_timeout 5s;": "",
+            "set $krolik_api http://api:8000;": "",
+            "proxy_pass $krolik_api;": "proxy_pass http://krolik_api;",
+            "listen 80 default_server;": f"listen 127.0.0.1:{self.port} default_server;",
+            "/var/log/nginx/access.log": str(self.base / "access.log"),
+        }
+        for old, new in replaced.items():
+            if old not in server_block:
+                raise ClusterError(f"deploy/nginx/nginx.conf no longer has {old!r}")
+            server_block = server_block.replace(old, new)
+        servers = "\n".join(f"    server 127.0.0.1:{port};" for port in self.upstreams)
+        temp = self.base / "temp"
+        return f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {self.base / "nginx.pid"};
+error_log {self.base / "error.log"} warn;
+events {{ worker_connections 1024; }}
+http {{
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    upstream krolik_api {{
+{servers}
+        keepalive 16;
+    }}
+{server_block}
+}}
+"""
+
+    def start(self) -> None:
+        (self.base / "temp").mkdir(parents=True, exist_ok=True)
+        if os.getuid() == 0:  # the workers run as nobody and write request bodies here
+            (self.base / "temp").chmod(0o777)
+        conf = self.base / "nginx.conf"
+        conf.write_text(self.config())
+        self.process = subprocess.Popen(
+            [str(NGINX), "-c", str(conf), "-p", str(self.base)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise ClusterError(f"nginx did not start:\n{self.log()}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # the master stops its workers
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        try:
+            return (self.base / "error.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
