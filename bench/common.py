@@ -350,6 +350,8 @@ class Deployment:
         self.run = uuid.uuid4().hex[:12]
         self.base_db_url = make_url(os.environ.get("APP__DB__URL", DEFAULT_DB_URL))
         self.amqp_url = os.environ.get("APP__RABBITMQ__URL", DEFAULT_AMQP_URL)
+        self.admin_amqp_url = self.amqp_url.split(",")[0].strip()
+        """One node of a cluster's list: enough to look at or delete the run's queues."""
         self.db_name = f"krolik_bench_{self.run}"
         self.db_url = self.base_db_url.set(database=self.db_name)
         self.queue_name = f"krolik_bench_{self.run}"
@@ -521,7 +523,7 @@ class Deployment:
             "default",
         )
         try:
-            connection = await aio_pika.connect(self.amqp_url, timeout=10)
+            connection = await aio_pika.connect(self.admin_amqp_url, timeout=10)
             async with connection:
                 channel = await connection.channel()
                 for name in (topology.queue("default").name, topology.dead_letter_queue):
@@ -667,7 +669,7 @@ class Deployment:
         """Messages ready in the run's RabbitMQ queue (passive declare); None if absent."""
         import aio_pika
 
-        connection = await aio_pika.connect(self.amqp_url, timeout=10)
+        connection = await aio_pika.connect(self.admin_amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel()
             try:

@@ -96,16 +96,14 @@ class ClusterConnection(RobustConnection):
 
 
 async def connect_cluster(
-    urls: Sequence[str],
+    ring: NodeRing,
     *,
-    shuffle: bool,
     timeout: float,
-    heartbeat: int,
     connection_name: str,
     reconnect_interval: float = 1.0,
 ) -> AbstractRobustConnection:
-    """A robust connection to the first node of ``urls`` that answers."""
-    ring = NodeRing(urls, shuffle=shuffle, heartbeat=heartbeat)
+    """A robust connection to the first node of ``ring`` (from its current one) that
+    answers. The ring outlives the connection: a new one starts where the last left."""
     connection = ClusterConnection(
         ring,
         reconnect_interval=reconnect_interval,

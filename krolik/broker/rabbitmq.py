@@ -31,7 +31,7 @@ from krolik.broker.base import (
     QueueInfo,
     Subscription,
 )
-from krolik.broker.nodes import connect_cluster
+from krolik.broker.nodes import NodeRing, connect_cluster
 from krolik.broker.topology import (
     DELIVERY_LIMIT_ARGUMENT,
     MAX_REASON_LENGTH,
@@ -62,6 +62,11 @@ _QUEUE_REFUSALS = (
     aiormq.exceptions.ChannelNotFoundEntity,
 )
 """Channel closes that are about one queue, not about the connection."""
+
+STALLED_PUBLISHES = 3
+"""Publishes in a row that time out on a connection that says it is up: then it is
+replaced by a new one, on the next node (seen: a connection restored onto a node while
+another node froze kept timing out every channel it opened, for minutes)."""
 
 
 def _cancelled_by_caller() -> bool:
@@ -151,15 +156,16 @@ class RabbitMQBroker(Broker):
         self.queue_names: set[str] = {topology.dead_letter_queue}
         """Every RabbitMQ queue this broker declared (tests delete them afterwards)."""
         self._declare_lock = asyncio.Lock()
+        self._ring = NodeRing(
+            settings.node_urls, shuffle=settings.shuffle_nodes, heartbeat=settings.heartbeat_seconds
+        )
+        self._stalled_publishes = 0
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def _connect(self) -> AbstractRobustConnection:
         try:
             return await connect_cluster(
-                self.settings.node_urls,
-                shuffle=self.settings.shuffle_nodes,
-                timeout=self.settings.publish_timeout_seconds,
-                heartbeat=self.settings.heartbeat_seconds,
-                connection_name="krolik",
+                self._ring, timeout=self.settings.publish_timeout_seconds, connection_name="krolik"
             )
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"RabbitMQ cannot be reached: {type(exc).__name__}") from None
@@ -293,6 +299,8 @@ class RabbitMQBroker(Broker):
                         queue_errors[krolik_queue] = refused
         except (*_CONNECTION_ERRORS, TimeoutError) as exc:
             self._declared.clear()
+            if isinstance(exc, TimeoutError):
+                await self._note_stall()
             raise BrokerUnavailable(f"publishing failed: {type(exc).__name__}") from None
         except asyncio.CancelledError:
             if _cancelled_by_caller():
@@ -333,11 +341,38 @@ class RabbitMQBroker(Broker):
                 unavailable = type(error).__name__
         if nacked:
             await self._renew_channel(channel)
+        if unavailable == "TimeoutError":
+            await self._note_stall()
+        elif unavailable is None:
+            self._stalled_publishes = 0
         if unavailable is not None:
             self._declared.clear()
             if not any(confirmed) and not queue_errors:
                 raise BrokerUnavailable(f"publishing failed: {unavailable}")
         return PublishResult(tuple(confirmed), queue_errors, unavailable)
+
+    async def _note_stall(self) -> None:
+        """Count a timed-out publish; replace a connection that stalls while it says it is
+        up (a dead one the robust connection replaces by itself)."""
+        connection = self._publisher
+        if connection is None or not connection.connected.is_set():
+            self._stalled_publishes = 0
+            return
+        self._stalled_publishes += 1
+        if self._stalled_publishes < STALLED_PUBLISHES:
+            return
+        self._stalled_publishes = 0
+        self._publisher = self._channel = None
+        self._exchange = self._dead_exchange = None
+        self._declared.clear()
+        self._limit_checked.clear()
+        stalled_on = getattr(connection, "node", "?")
+        self._ring.advance()
+        log.warning("rabbitmq_publisher_stalled", node=stalled_on, action="reconnecting")
+        # Closing may wait on the stalled node: in the background, bounded.
+        task = asyncio.create_task(_close_within(connection, self.settings.publish_timeout_seconds))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _renew_channel(self, stale: AbstractChannel | None) -> None:
         """A new publishing channel after a nack. RabbitMQ 3.10 was seen nacking every
@@ -461,6 +496,12 @@ class RabbitMQBroker(Broker):
             return found
         finally:
             await channel.close()
+
+
+async def _close_within(connection: AbstractRobustConnection, seconds: float) -> None:
+    with contextlib.suppress(Exception, TimeoutError):
+        async with asyncio.timeout(seconds):
+            await connection.close()
 
 
 async def _close_quietly(connection: AbstractRobustConnection) -> None:

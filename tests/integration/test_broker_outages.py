@@ -8,6 +8,7 @@ channels and declarations that follow it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -104,6 +105,8 @@ async def test_publishing_to_a_frozen_node_is_unavailable_then_resumes(
             return (await broker.publish([message])).confirmed == (True,)
         except BrokerUnavailable:
             await asyncio.sleep(0.2)
+            with contextlib.suppress(BrokerUnavailable):
+                await broker.connect()  # as the relay does after an outage
             return False
 
     resumed_by = loop.time() + 20
@@ -126,4 +129,39 @@ async def test_a_dead_first_node_is_skipped(settings) -> None:
     await broker.ping()
     message = TaskMessage(task_id=1, queue=settings.default_queue, name="x")
     assert (await broker.publish([message])).confirmed == (True,)
+    await close_and_delete([broker], settings)
+
+
+async def test_a_publisher_that_stalls_while_up_moves_to_the_next_node(
+    settings, rabbit_proxy
+) -> None:
+    """A connection that stays open but answers nothing (no heartbeat notices it here:
+    heartbeats are off) is replaced after a few timed-out publishes, on the next node."""
+    frozen = f"amqp://guest:guest@127.0.0.1:{rabbit_proxy.port}/"
+    nodes = settings.rabbitmq.model_copy(
+        update={
+            "url": SecretStr(f"{frozen},{settings.rabbitmq.dsn}"),
+            "shuffle_nodes": False,
+            "heartbeat_seconds": 0,
+            "publish_timeout_seconds": 0.5,
+        }
+    )
+    broker = RabbitMQBroker(nodes, topology_of(settings))
+    await broker.connect()
+    message = TaskMessage(task_id=1, queue=settings.default_queue, name="x")
+    assert (await broker.publish([message])).confirmed == (True,)
+    rabbit_proxy.freeze()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:
+            try:
+                if (await broker.publish([message])).confirmed == (True,):
+                    break
+            except BrokerUnavailable:
+                with contextlib.suppress(BrokerUnavailable):
+                    await broker.connect()  # as the relay does after an outage
+            assert loop.time() < deadline, "the publisher stayed on the stalled node"
+    finally:
+        rabbit_proxy.thaw()
     await close_and_delete([broker], settings)
