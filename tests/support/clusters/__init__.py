@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,21 @@ class PostgresPair:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{database}"
 
 
+def _wait_listening(
+    process: subprocess.Popen[bytes], port: int, name: str, log: Callable[[], str]
+) -> None:
+    """Wait until ``process`` accepts connections on ``port``; fail with its log."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ClusterError(f"{name} did not start:\n{log()}") from None
+            time.sleep(0.1)
+
+
 def _children(pid: int) -> list[int]:
     try:
         out = subprocess.run(
@@ -260,15 +276,7 @@ logfile = {self.base / "pgbouncer.log"}
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise ClusterError(f"PgBouncer did not start:\n{self.log()}") from None
-                time.sleep(0.1)
+        _wait_listening(self.process, self.port, "PgBouncer", self.log)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -355,15 +363,7 @@ http {{
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise ClusterError(f"nginx did not start:\n{self.log()}") from None
-                time.sleep(0.1)
+        _wait_listening(self.process, self.port, "nginx", self.log)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
