@@ -338,6 +338,7 @@ class Deployment:
         self.queue_type: str = args.queue_type
         self.keep: bool = args.keep
         self.extra = parse_settings(args.settings)
+        self.behind_pgbouncer = self.extra.get("APP__DB__PGBOUNCER", "").lower() in ("1", "true")
         self.source = Path(args.source).resolve()
         if not (self.source / "krolik" / "cli.py").exists():
             raise SystemExit(f"--source {self.source} holds no krolik package")
@@ -425,6 +426,9 @@ class Deployment:
             "password": url.password,
             "database": database,
             "timeout": 10,
+            # Behind PgBouncer's transaction mode (--set APP__DB__PGBOUNCER=true) the
+            # run's own connections cannot cache prepared statements either.
+            **({"statement_cache_size": 0} if self.behind_pgbouncer else {}),
         }
 
     async def set_up(self) -> None:
