@@ -209,6 +209,8 @@ class RabbitMQBroker(Broker):
         self._publisher = self._consumer = self._channel = None
         self._exchange = self._dead_exchange = None
         self._declared.clear()
+        if self._closing:  # stalled connections being closed (bounded)
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def ping(self) -> None:
         connection = self._publisher
