@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from krolik.log import get_logger
-from krolik.store.records import Task
+from krolik.store.records import RescuedTask, Task
 
 log = get_logger(__name__)
 
@@ -29,8 +29,12 @@ class Observer:
         """The run ended; ``result`` is what was recorded: succeeded, failed, retried,
         cancelled, released or abandoned (the lease was lost)."""
 
-    def task_rescued(self, task_id: int, status: str) -> None:
-        """The rescuer took a run whose lease expired; ``status`` is where it went."""
+    def task_rescued(self, rescued: RescuedTask) -> None:
+        """The rescuer took a run whose lease expired (``rescued.status``: where it went)."""
+
+    def task_changed(self, task: Task) -> None:
+        """The task changed outside the start and end of a run: cancelled or retried
+        through the API, or its handler reported progress."""
 
     def message_dead_lettered(self, reason: str) -> None:
         """A delivery was moved to the dead-letter queue."""
@@ -75,8 +79,11 @@ class Observers(Observer):
     def task_finished(self, task: Task, result: str, seconds: float) -> None:
         self._call("task_finished", task, result, seconds)
 
-    def task_rescued(self, task_id: int, status: str) -> None:
-        self._call("task_rescued", task_id, status)
+    def task_rescued(self, rescued: RescuedTask) -> None:
+        self._call("task_rescued", rescued)
+
+    def task_changed(self, task: Task) -> None:
+        self._call("task_changed", task)
 
     def message_dead_lettered(self, reason: str) -> None:
         self._call("message_dead_lettered", reason)

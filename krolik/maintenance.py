@@ -62,7 +62,7 @@ class LeaseRescuer(LoopService):
                 status=task.status.value,
                 reason="lease expired",
             )
-            self.observer.task_rescued(task.task_id, task.status.value)
+            self.observer.task_rescued(task)
         self.rescued += len(rescued)
         redispatched = await self._redispatch_lost()
         return len(rescued) >= BATCH or redispatched >= REDISPATCH_BATCH

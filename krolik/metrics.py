@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from krolik.events import Observer
-from krolik.store.records import OutboxStats, QueueStats, Task
+from krolik.store.records import OutboxStats, QueueStats, RescuedTask, Task
 
 if TYPE_CHECKING:
     from krolik.store.replica import ReplicaReads, StatusReads
@@ -160,8 +160,8 @@ class Metrics(Observer):
         if result in ("succeeded", "failed", "retried"):
             self.labelled(self.duration, task.name).observe(seconds)
 
-    def task_rescued(self, task_id: int, status: str) -> None:
-        self.rescued.labels(status).inc()
+    def task_rescued(self, rescued: RescuedTask) -> None:
+        self.rescued.labels(rescued.status.value).inc()
 
     def message_dead_lettered(self, reason: str) -> None:
         self.dead_lettered.labels(reason).inc()

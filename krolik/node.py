@@ -31,6 +31,7 @@ from krolik.log import get_logger
 from krolik.metrics import Metrics
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay
+from krolik.results.notices import ChangeNotices
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from krolik.maintenance import LeaseRescuer
     from krolik.metrics import StoreGauges
     from krolik.rate_limit import RateLimiter
+    from krolik.results.watch import TaskWatch
     from krolik.store.replica import ReplicaReads, StatusReads
     from krolik.submit import Submitter
     from krolik.worker import Worker
@@ -114,6 +116,8 @@ class ApiServices:
     gauges: StoreGauges
     reads: StatusReads
     """Where list and status reads go: the store, or a replica while it keeps up."""
+    watch: TaskWatch
+    """Wakes the requests that wait for tasks or follow them."""
     replica: ReplicaReads | None = None
 
 
@@ -151,9 +155,9 @@ class Node:
         """The node of ``roles``; ``store``, ``broker`` and ``metrics`` replace the ones the
         mode would build (tests; a process sharing them between nodes)."""
         the_metrics = metrics or Metrics()
-        observer = Observers([the_metrics])
         the_store = store or build_store(settings, mode)
         the_broker = broker or build_broker(settings, mode)
+        observer = Observers([the_metrics, ChangeNotices(the_broker)])
         node = cls(
             settings,
             mode,
@@ -169,6 +173,7 @@ class Node:
             from krolik.access import KeyCache
             from krolik.metrics import StoreGauges
             from krolik.rate_limit import RateLimiter
+            from krolik.results.watch import TaskWatch
             from krolik.submit import Submitter
 
             replica = _build_replica(settings, mode, the_store)
@@ -186,6 +191,7 @@ class Node:
                     replica=replica,
                 ),
                 reads=reads,
+                watch=TaskWatch(the_store, the_broker, settings.results),
                 replica=replica,
             )
         if Role.WORKER in roles:
@@ -223,6 +229,8 @@ class Node:
                 return False
         if self.rescuer is not None:
             self.rescuer.start()
+        if self.api is not None:
+            await self.api.watch.start()
         if self.relay is not None:
             self.relay.start()
         elif self.api is not None:
@@ -247,6 +255,7 @@ class Node:
                 await self._connector
             self._connector = None
         if self.api is not None:
+            await self.api.watch.stop()
             await self.api.rate_limiter.close()
         for resource in self.owned:
             await resource.close()

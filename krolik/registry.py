@@ -19,9 +19,15 @@ HandlerFunc = Callable[..., Any]
 F = TypeVar("F", bound=HandlerFunc)
 
 
+ProgressSink = Callable[[float | None, str | None], None]
+
+MAX_PROGRESS_MESSAGE = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
-    """What a handler may want to know about the run it is in."""
+    """What a handler may want to know about the run it is in, and how it says how far
+    it got."""
 
     task_id: int
     name: str
@@ -29,6 +35,20 @@ class TaskContext:
     attempt: int
     max_attempts: int
     worker_id: str
+    progress_sink: ProgressSink | None = field(default=None, repr=False, compare=False)
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Report how far the run got (``fraction`` from 0 to 1) and what it does now.
+
+        It returns at once, from async handlers and from plain ones (threads) alike; the
+        worker writes at most one report a second per task, the latest winning, so a
+        handler may call it as often as it likes."""
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress fraction must be from 0 to 1, not {fraction!r}")
+        if message is not None:
+            message = str(message)[:MAX_PROGRESS_MESSAGE]
+        if self.progress_sink is not None:
+            self.progress_sink(None if fraction is None else float(fraction), message)
 
 
 @dataclass(frozen=True, slots=True)

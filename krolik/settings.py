@@ -187,6 +187,18 @@ class RateLimitSettings(BaseModel):
     with ``pip install limits[async-redis]``) makes the limit cluster-wide."""
 
 
+class ResultsSettings(BaseModel):
+    """Waiting for tasks and following them (``?wait=``, the event streams)."""
+
+    max_wait_seconds: float = Field(60.0, gt=0, le=3600)
+    """The longest ``?wait=`` a request may ask for; a longer one waits this long."""
+    recheck_seconds: float = Field(5.0, gt=0)
+    """How often each API process re-reads every task someone waits for or follows (one
+    query for all): what a lost change notice could delay, at most."""
+    keepalive_seconds: float = Field(15.0, gt=0)
+    """An event stream quiet for this long gets a comment line, so proxies keep it open."""
+
+
 class EmbeddedSettings(BaseModel):
     """The embedded mode (``krolik dev``): SQLite file and in-process broker."""
 
@@ -215,6 +227,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)

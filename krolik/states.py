@@ -42,6 +42,21 @@ class TaskStatus(StrEnum):
 FINAL_STATES = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
+class AttemptOutcome(StrEnum):
+    """How a run ended, as its attempt record keeps it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """The last attempt failed: the task failed."""
+    RETRIED = "retried"
+    """It failed with attempts left: the task waits for its backoff."""
+    CANCELLED = "cancelled"
+    RELEASED = "released"
+    """The worker shut down and gave the task back (the attempt does not count)."""
+    LOST = "lost"
+    """The lease ran out (the worker died or stalled); the rescuer took the task."""
+
+
 class Transition(StrEnum):
     CLAIM = "claim"
     COMPLETE = "complete"

@@ -31,6 +31,7 @@ from krolik.migrate import upgrade_async
 from krolik.node import Node, Role
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay
+from krolik.results.notices import ChangeNotices
 from krolik.settings import Settings
 from krolik.states import TaskStatus
 from krolik.store.base import TaskStore
@@ -251,9 +252,11 @@ async def make_worker(
     started: list[Worker] = []
 
     async def factory(registry: Registry | None = None, **kwargs: Any) -> Worker:
+        broker = make_broker()
+        kwargs.setdefault("observer", ChangeNotices(broker))  # as a node's worker has
         worker = Worker(
             store,
-            make_broker(),
+            broker,
             builtin_registry.merged(registry or Registry()),
             settings,
             **kwargs,

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from krolik.api.direct import DirectRoutes
 from krolik.api.edge import HttpEdge
 from krolik.api.errors import install_error_handlers
-from krolik.api.routes import health, queues, tasks, workers
+from krolik.api.routes import events, health, queues, tasks, workers
 from krolik.api.routes import metrics as metrics_route
 from krolik.heap import tune_garbage_collector
 from krolik.node import Node
@@ -48,6 +48,7 @@ def create_app(node: Node) -> FastAPI:
     app.state.node = node
     for router in (
         tasks.router,
+        events.router,
         queues.router,
         workers.router,
         health.router,

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from krolik.states import TaskStatus
-from krolik.store.records import Task
+from krolik.states import AttemptOutcome, TaskStatus
+from krolik.store.records import Attempt, Task
 
 MAX_JSON_DEPTH = 32
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"
@@ -105,6 +105,12 @@ class TaskBatchCreated(BaseModel):
     )
 
 
+class Progress(BaseModel):
+    fraction: float | None = Field(description="From 0 to 1, if the handler said.")
+    message: str | None
+    at: datetime = Field(description="When the handler reported it.")
+
+
 class TaskOut(BaseModel):
     id: int
     name: str
@@ -124,6 +130,9 @@ class TaskOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    progress: Progress | None = Field(
+        None, description="What the running handler last reported (``context.progress``)."
+    )
 
     @classmethod
     def of(cls, task: Task) -> Self:
@@ -167,6 +176,36 @@ class TaskDetail(TaskOut):
     @classmethod
     def _extra(cls, task: Task) -> dict[str, Any]:
         return {"waiting_reason": None}  # the route fills it in: it reads the workers
+
+
+class AttemptOut(BaseModel):
+    attempt: int = Field(description="The attempt's number (a released run is not counted).")
+    run: int = Field(description="The run's fencing token: 1 for the first run, and so on.")
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    outcome: AttemptOutcome | None = Field(description="How the run ended; null while it runs.")
+    error: str | None
+    traceback: str | None
+
+    @classmethod
+    def of(cls, attempt: Attempt) -> Self:
+        return cls(
+            attempt=attempt.attempt,
+            run=attempt.run_token,
+            worker_id=attempt.worker_id,
+            started_at=attempt.started_at,
+            finished_at=attempt.finished_at,
+            duration_seconds=attempt.duration_seconds,
+            outcome=attempt.outcome,
+            error=attempt.error,
+            traceback=attempt.traceback,
+        )
+
+
+class AttemptList(BaseModel):
+    items: list[AttemptOut] = Field(description="Oldest first; a running attempt comes last.")
 
 
 class TaskPage(BaseModel):

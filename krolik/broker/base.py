@@ -67,6 +67,7 @@ class Delivery(ABC):
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+NoticeHandler = Callable[[bytes], None]
 
 
 class Subscription(ABC):
@@ -107,6 +108,19 @@ class Broker(ABC):
         self, queues: Sequence[str], prefetch: int, handler: DeliveryHandler
     ) -> Subscription:
         """Hand each queue's messages to ``handler``, ``prefetch`` unsettled at most per queue."""
+
+    @abstractmethod
+    async def publish_notice(self, body: bytes) -> None:
+        """Send a change notice to every process listening, best effort: not persisted,
+        not confirmed. Raises ``BrokerUnavailable`` when not connected."""
+
+    @abstractmethod
+    async def listen_notices(
+        self, handler: NoticeHandler, on_resumed: Callable[[], None]
+    ) -> Subscription:
+        """Hand every notice published from now on to ``handler``; ``on_resumed`` is
+        called when the connection came back after a loss (notices of the gap are gone).
+        Raises ``BrokerUnavailable`` when the broker cannot be reached."""
 
     @abstractmethod
     async def inspect_queue(self, krolik_queue: str) -> QueueInfo | None:

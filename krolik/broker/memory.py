@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from krolik.broker.base import (
     Broker,
     Delivery,
     DeliveryHandler,
+    NoticeHandler,
     PublishResult,
     QueueInfo,
     Subscription,
@@ -104,8 +105,18 @@ class MemorySubscription(Subscription):
         self._broker._subscriptions.discard(self)
 
 
+class MemoryNotices(Subscription):
+    def __init__(self, broker: MemoryBroker, handler: NoticeHandler) -> None:
+        self._broker = broker
+        self.handler = handler
+
+    async def cancel(self) -> None:
+        self._broker._listeners.discard(self)
+
+
 class MemoryBroker(Broker):
     def __init__(self) -> None:
+        self._listeners: set[MemoryNotices] = set()
         self._queues: dict[str, _Queue] = {}
         self.dead: list[tuple[bytes, dict[str, Any]]] = []
         self._consumers: dict[str, int] = {}
@@ -122,6 +133,7 @@ class MemoryBroker(Broker):
         """Disconnect; like a closed connection, this ends every subscription."""
         for subscription in list(self._subscriptions):
             await subscription.cancel()
+        self._listeners.clear()
         self._connected = False
 
     async def ping(self) -> None:
@@ -202,6 +214,19 @@ class MemoryBroker(Broker):
         finally:
             if delivery._settled:
                 subscription.unsettled.discard(delivery)
+
+    async def publish_notice(self, body: bytes) -> None:
+        await self.ping()
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.call_soon(listener.handler, body)  # after the caller's turn, as a network would
+
+    async def listen_notices(
+        self, handler: NoticeHandler, on_resumed: Callable[[], None]
+    ) -> Subscription:
+        listener = MemoryNotices(self, handler)
+        self._listeners.add(listener)
+        return listener
 
     async def inspect_queue(self, krolik_queue: str) -> QueueInfo | None:
         if krolik_queue not in self._queues:

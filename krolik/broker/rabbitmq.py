@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from krolik.broker.base import (
     Broker,
     Delivery,
     DeliveryHandler,
+    NoticeHandler,
     PublishResult,
     QueueInfo,
     Subscription,
@@ -140,6 +142,25 @@ class RabbitSubscription(Subscription):
             await self._channel.close()
 
 
+NOTICE_QUEUE_LENGTH = 10_000
+"""Notices a listener's queue holds at most; older ones are dropped first (a listener
+that far behind re-reads what it watches anyway)."""
+
+
+class RabbitNotices(Subscription):
+    """A listener's own connection, exclusive queue and consumer: closing one ends all."""
+
+    def __init__(
+        self, connection: AbstractRobustConnection, listening: set[AbstractRobustConnection]
+    ) -> None:
+        self._connection = connection
+        self._listening = listening
+
+    async def cancel(self) -> None:
+        self._listening.discard(self._connection)
+        await _close_quietly(self._connection)
+
+
 class RabbitMQBroker(Broker):
     def __init__(self, settings: RabbitMQSettings, topology: Topology) -> None:
         self.settings = settings
@@ -161,6 +182,10 @@ class RabbitMQBroker(Broker):
         )
         self._stalled_publishes = 0
         self._closing: set[asyncio.Task[None]] = set()
+        self._notices_out: (
+            tuple[AbstractRobustConnection, AbstractChannel, AbstractExchange] | None
+        ) = None
+        self._listening: set[AbstractRobustConnection] = set()
 
     async def _connect(self) -> AbstractRobustConnection:
         try:
@@ -203,6 +228,10 @@ class RabbitMQBroker(Broker):
         return channel
 
     async def close(self) -> None:
+        for listener in list(self._listening):
+            await _close_quietly(listener)
+        self._listening.clear()
+        self._notices_out = None
         for connection in (self._consumer, self._publisher):
             if connection is not None:
                 await connection.close()
@@ -464,6 +493,74 @@ class RabbitMQBroker(Broker):
             tag = await queue.consume(receiver(krolik_queue), no_ack=False)
             consumers.append((queue, tag))
         return RabbitSubscription(channel, consumers)
+
+    # -- change notices --------------------------------------------------------------
+    async def publish_notice(self, body: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_seconds):
+                exchange = await self._notice_exchange()
+                await exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                    routing_key="",
+                )
+        except (*_CONNECTION_ERRORS, TimeoutError) as exc:
+            self._notices_out = None
+            raise BrokerUnavailable(f"the notice was not sent: {type(exc).__name__}") from None
+
+    async def _notice_exchange(self) -> AbstractExchange:
+        """The notice exchange on a channel (without confirms) of the current publishing
+        connection, opened again when that connection was replaced."""
+        connection = self._publisher
+        if connection is None or not connection.connected.is_set():
+            raise BrokerUnavailable("RabbitMQ is not connected")
+        held = self._notices_out
+        if held is not None and held[0] is connection and not held[1].is_closed:
+            return held[2]
+        channel = await connection.channel(publisher_confirms=False)
+        exchange = await channel.declare_exchange(
+            self.topology.notice_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        self._notices_out = (connection, channel, exchange)
+        return exchange
+
+    async def listen_notices(
+        self, handler: NoticeHandler, on_resumed: Callable[[], None]
+    ) -> Subscription:
+        """On a connection of its own (a publisher replaced after a stall does not take
+        the listener with it), an exclusive queue bound to the notice exchange: the
+        robust connection declares, binds and consumes it again after a reconnect."""
+        connection = await self._connect()
+        try:
+            with _connection_loss_is_unavailable("listening for notices"):
+                channel = await connection.channel()
+                exchange = await channel.declare_exchange(
+                    self.topology.notice_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+                )
+                queue = await channel.declare_queue(
+                    f"{self.topology.notice_exchange}.{uuid.uuid4().hex}",
+                    durable=False,
+                    exclusive=True,
+                    auto_delete=True,
+                    arguments={
+                        "x-queue-type": "classic",
+                        "x-max-length": NOTICE_QUEUE_LENGTH,
+                        "x-overflow": "drop-head",
+                    },
+                )
+                await queue.bind(exchange)
+
+                async def on_message(message: AbstractIncomingMessage) -> None:
+                    handler(message.body)
+
+                await queue.consume(on_message, no_ack=True)
+        except (*_CONNECTION_ERRORS, BrokerUnavailable) as exc:
+            await _close_quietly(connection)
+            if isinstance(exc, BrokerUnavailable):
+                raise
+            raise BrokerUnavailable(f"RabbitMQ went away: {type(exc).__name__}") from None
+        connection.reconnect_callbacks.add(lambda *_: on_resumed())
+        self._listening.add(connection)
+        return RabbitNotices(connection, self._listening)
 
     async def inspect_queue(self, krolik_queue: str) -> QueueInfo | None:
         if self._publisher is None:

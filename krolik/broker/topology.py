@@ -74,6 +74,11 @@ class Topology:
         return f"{self.exchange}.{DEAD_LETTER_SUFFIX}"
 
     @property
+    def notice_exchange(self) -> str:
+        """The fanout exchange of change notices (``krolik/results/notices.py``)."""
+        return f"{self.exchange}.notices"
+
+    @property
     def dead_letter_queue(self) -> str:
         return f"{self.base_queue}.{DEAD_LETTER_SUFFIX}"
 

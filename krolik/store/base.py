@@ -14,6 +14,7 @@ from typing import Any
 from krolik.states import TaskStatus
 from krolik.store.records import (
     ApiKey,
+    Attempt,
     Enqueued,
     NewTask,
     OutboxEntry,
@@ -71,6 +72,14 @@ class TaskStore(ABC):
     async def get(self, task_id: int) -> Task | None: ...
 
     @abstractmethod
+    async def get_many(self, task_ids: Sequence[int]) -> list[Task]:
+        """The tasks of these ids that exist, in no particular order (one statement)."""
+
+    @abstractmethod
+    async def attempts_of(self, task_id: int) -> list[Attempt]:
+        """Every ended run of the task, oldest first (the running one is the task's own)."""
+
+    @abstractmethod
     async def list_tasks(
         self, task_filter: TaskFilter, *, before_id: int | None, limit: int
     ) -> list[Task]:
@@ -121,6 +130,11 @@ class TaskStore(ABC):
         ``worker_id``, every lease that worker holds is extended too: its event loop is
         stalled, and runs it claimed meanwhile are not registered yet.
         """
+
+    @abstractmethod
+    async def record_progress(self, reports: Sequence[tuple[RunRef, Any]]) -> list[bool]:
+        """Write each run's progress report on its task, if the run still owns it; one
+        answer per run, in order. Changes no state."""
 
     @abstractmethod
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:

@@ -104,25 +104,34 @@ SET status = 'processing',
     worker_id = $2,
     lease_expires_at = clock_timestamp() + make_interval(secs => $3),
     started_at = clock_timestamp(),
-    updated_at = clock_timestamp()
+    updated_at = clock_timestamp(),
+    progress = NULL
 FROM unnest($1::bigint[]) AS c(id), unnest($4::text[], $5::int[]) AS h(name, default_max)
 WHERE t.id = c.id AND t.name = h.name AND t.status = 'pending' AND t.run_at <= now()
 RETURNING {columns}
 """.format(columns=returning("t"))
 
 COMPLETE_MANY_SQL = """
-UPDATE krolik_tasks AS t
-SET status = 'done',
-    result = c.result::jsonb,
-    error = NULL,
-    traceback = NULL,
-    lease_expires_at = NULL,
-    finished_at = clock_timestamp(),
-    updated_at = clock_timestamp()
-FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(id, token, result)
-WHERE t.id = c.id AND t.status = 'processing' AND t.run_token = c.token
-RETURNING t.id, t.run_token
+WITH done AS (
+    UPDATE krolik_tasks AS t
+    SET status = 'done',
+        result = c.result::jsonb,
+        error = NULL,
+        traceback = NULL,
+        lease_expires_at = NULL,
+        finished_at = clock_timestamp(),
+        updated_at = clock_timestamp()
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(id, token, result)
+    WHERE t.id = c.id AND t.status = 'processing' AND t.run_token = c.token
+    RETURNING t.id, t.run_token, t.attempts, t.worker_id, t.started_at, t.finished_at
+), recorded AS (
+    INSERT INTO krolik_attempts
+        (task_id, run_token, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT id, run_token, attempts, worker_id, started_at, finished_at, 'succeeded' FROM done
+)
+SELECT id, run_token FROM done
 """
+"""Each completed run's attempt record is written by the same statement."""
 
 
 # The relay's two statements, on the path of every task from commit to worker.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from krolik.states import TaskStatus
+from krolik.states import AttemptOutcome, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,46 @@ class Task:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    progress: Any = None
+    """The running handler's last report: ``{"fraction", "message", "at"}``, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One run of a task, as it ended (or, with ``outcome`` None, as it runs now)."""
+
+    task_id: int
+    run_token: int
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: AttemptOutcome | None
+    error: str | None
+    traceback: str | None
+    retry_at: datetime | None = None
+    """When the task was due again after this run (if it went back to wait)."""
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+
+def running_attempt(task: Task) -> Attempt:
+    """The run a processing task is in, as an attempt not yet ended."""
+    return Attempt(
+        task_id=task.id,
+        run_token=task.run_token,
+        attempt=task.attempts,
+        worker_id=task.worker_id,
+        started_at=task.started_at,
+        finished_at=None,
+        outcome=None,
+        error=None,
+        traceback=None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +167,8 @@ class RescuedTask:
     task_id: int
     status: TaskStatus
     attempts: int
+    queue: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

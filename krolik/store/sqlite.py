@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from krolik.migrate import upgrade_async
+from krolik.states import AttemptOutcome
 from krolik.store.dialects import SQLITE_FUNCTIONS, SqliteDialect
 from krolik.store.records import Enqueued, NewTask, OutboxEntry, RunRef, Task
 from krolik.store.sql.core import DONE, PENDING, PROCESSING
@@ -143,6 +144,7 @@ class SqliteTaskStore(SqlTaskStore):
                         lease_expires_at=self.dialect.later(lease_seconds),
                         started_at=clock,
                         updated_at=clock,
+                        progress=None,
                     )
                     .returning(*tasks.c)
                 )
@@ -154,10 +156,17 @@ class SqliteTaskStore(SqlTaskStore):
         answers: list[bool] = []
         async with self._tx() as conn:
             for run, result in completions:
-                stmt = self._finish_stmt(
-                    run, status=DONE, result=result, error=None, traceback=None
+                answers.append(
+                    await self._finish_on(
+                        conn,
+                        run,
+                        AttemptOutcome.SUCCEEDED,
+                        status=DONE,
+                        result=result,
+                        error=None,
+                        traceback=None,
+                    )
                 )
-                answers.append((await conn.execute(stmt)).first() is not None)
         return answers
 
     async def claim_outbox(

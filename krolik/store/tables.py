@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from krolik.states import TaskStatus
+from krolik.states import AttemptOutcome, TaskStatus
 
 metadata = MetaData(
     naming_convention={
@@ -38,6 +38,7 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 JsonValue = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
 _status_list = ", ".join(f"'{s.value}'" for s in TaskStatus)
+_outcome_list = ", ".join(f"'{o.value}'" for o in AttemptOutcome)
 
 tasks = Table(
     "krolik_tasks",
@@ -76,6 +77,9 @@ tasks = Table(
     Column("updated_at", Timestamp, nullable=False),
     Column("started_at", Timestamp, nullable=True),
     Column("finished_at", Timestamp, nullable=True),
+    # What the current run's handler last said of itself (fraction, message, at), written
+    # at most once a second per task; a new claim clears it.
+    Column("progress", JsonValue, nullable=True),
     CheckConstraint(f"status IN ({_status_list})", name="status"),
     CheckConstraint("attempts >= 0", name="attempts"),
     CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
@@ -123,6 +127,27 @@ outbox = Table(
     # an id must never name a newer row. SQLite reuses the highest ids once their rows
     # are deleted unless told otherwise (PostgreSQL's identity never does).
     sqlite_autoincrement=True,
+)
+
+attempts = Table(
+    "krolik_attempts",
+    metadata,
+    # One row per ended run of a task, written in the statement (or transaction) that
+    # ends the run, so the history is exactly what the guarded transitions did.
+    Column("id", Id, Identity(), primary_key=True),
+    Column("task_id", Id, ForeignKey(tasks.c.id, ondelete="CASCADE"), nullable=False),
+    Column("run_token", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", Text, nullable=True),
+    Column("started_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    # When the task was due again after this run, for runs after which it waited.
+    Column("retry_at", Timestamp, nullable=True),
+    CheckConstraint(f"outcome IN ({_outcome_list})", name="outcome"),
+    Index("ix_krolik_attempts_task_id_run_token", "task_id", "run_token"),
 )
 
 api_keys = Table(

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from krolik.registry import Handler, TaskContext
+from krolik.registry import Handler, ProgressSink, TaskContext
 from krolik.store.records import RunRef, Task
 
 
@@ -50,6 +50,8 @@ class Run:
     cancel_sent: bool = field(default=False, repr=False)
     handler_done: bool = field(default=False, repr=False)
     """The handler returned (or never will run): only the outcome is left to write."""
+    progress_sink: ProgressSink | None = field(default=None, repr=False)
+    """Where ``context.progress`` reports go (the worker's ``ProgressWriter``)."""
 
     def stop(self, reason: StopReason) -> None:
         """Ask the handler to stop; the first reason given wins."""
@@ -76,6 +78,7 @@ async def execute(run: Run) -> Outcome:
         attempt=run.ref.attempt,
         max_attempts=run.task.max_attempts or 1,
         worker_id=run.ref.worker_id,
+        progress_sink=run.progress_sink,
     )
     current = asyncio.current_task()
     assert current is not None

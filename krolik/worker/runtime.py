@@ -36,6 +36,7 @@ from krolik.store.records import RunRef, Task, WorkerInfo
 from krolik.worker.executor import Run, StopReason, execute
 from krolik.worker.intake import Intake
 from krolik.worker.lease_keeper import BeatReport, LeaseKeeper
+from krolik.worker.progress import ProgressWriter
 from krolik.worker.recorder import Recorder, log_fields
 from krolik.worker.slots import Slots
 from krolik.worker.stats import WorkerStats
@@ -131,6 +132,7 @@ class Worker:
             accepting=lambda: self._accepting,
             changed=self._notify,
         )
+        self.progress = ProgressWriter(store, self.observer)
         self.recorder = Recorder(
             store,
             self.backoff,
@@ -246,11 +248,13 @@ class Worker:
     def _start(self, task: Task) -> None:
         self.stats.claimed += 1
         handler = self.registry.handlers[task.name]  # the claim took only names it has
+        ref = RunRef.of(task)
         run = Run(
             task=task,
-            ref=RunRef.of(task),
+            ref=ref,
             handler=handler,
             timeout_seconds=task.timeout_seconds or handler.timeout_seconds,
+            progress_sink=self.progress.sink(task, ref) if handler.wants_context else None,
         )
         if self._grace_over:  # stop() already released the others: release this one too
             run.stop(StopReason.SHUTDOWN)
@@ -280,6 +284,7 @@ class Worker:
         except Exception:
             self._log.exception("task_run_crashed", **log_fields(run))
         finally:
+            self.progress.forget(run.ref)
             self.keeper.untrack(run.ref)
             self.runs.pop(run.ref, None)
             if slot_held:

@@ -31,6 +31,7 @@ from tests.contract.deployment import (
     make_deployment,
     worker_starter,
 )
+from tests.contract.http import client, embedded_client, production_client  # noqa: F401
 
 STORES = ["postgres", "sqlite"]
 BROKERS = ["rabbitmq", "memory"]
@@ -51,7 +52,8 @@ async def postgres_store(postgres_engine_store: PostgresTaskStore) -> PostgresTa
     async with postgres_engine_store.engine.begin() as conn:
         await conn.execute(
             text(
-                "TRUNCATE krolik_outbox, krolik_tasks, krolik_workers, krolik_api_keys "
+                "TRUNCATE krolik_outbox, krolik_attempts, krolik_tasks, krolik_workers, "
+                "krolik_api_keys "
                 "RESTART IDENTITY CASCADE"
             )
         )

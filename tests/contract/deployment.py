@@ -20,6 +20,7 @@ from krolik.broker.memory import MemoryBroker
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.builtin_tasks import builtin_registry
 from krolik.registry import Registry
+from krolik.results.notices import ChangeNotices
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
 from krolik.store.records import NewTask, Task
@@ -105,6 +106,7 @@ async def worker_starter(
     started: list[Traced] = []
 
     async def factory(registry: Registry | None = None, **kwargs: Any) -> Traced:
+        kwargs.setdefault("observer", ChangeNotices(deployment.broker))  # as a node's has
         worker = Traced(
             store or deployment.store,
             deployment.broker,

@@ -11,94 +11,12 @@ is a difference between the stores or the brokers behind it.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from asgi_lifespan import LifespanManager
 
-from krolik.api.app import create_app
-from krolik.builtin_tasks import builtin_registry
-from krolik.embedded import Embedded
-from krolik.registry import Registry
-from krolik.worker import Worker
-from tests.conftest import test_settings as settings_for_tests
-
-MODES = ["production", "embedded"]
-FAILING = "contract.always_fails"
-FAILING_ATTEMPTS = 2
-
-handlers = Registry()
-
-
-@handlers.task(name=FAILING, max_attempts=FAILING_ATTEMPTS)
-async def always_fails(payload: Any) -> None:
-    raise RuntimeError(f"cannot handle {payload!r}")
-
-
-@pytest.fixture
-async def production_client(
-    api: httpx.AsyncClient, make_worker: Callable[..., Awaitable[Worker]]
-) -> httpx.AsyncClient:
-    await make_worker(handlers)
-    return api
-
-
-@pytest.fixture
-async def embedded_client(
-    sqlite_template: Path, tmp_path: Path, run_id: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    data = tmp_path / "krolik.sqlite3"
-    shutil.copyfile(sqlite_template, data)  # migrated already: start-up stays quick
-    settings = settings_for_tests("unused", run_id, embedded={"path": str(data)})
-    embedded = Embedded.build(settings, builtin_registry.merged(handlers))
-    await embedded.start()
-    try:
-        app = create_app(embedded.node)
-        async with (
-            LifespanManager(app) as manager,
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=manager.app), base_url="http://krolik.test"
-            ) as client,
-        ):
-            yield client
-    finally:
-        await embedded.stop()
-
-
-@pytest.fixture(params=MODES, ids=MODES)
-def client(request: pytest.FixtureRequest) -> httpx.AsyncClient:
-    the_client: httpx.AsyncClient = request.getfixturevalue(f"{request.param}_client")
-    return the_client
-
-
-async def submit(client: httpx.AsyncClient, expected: int = 201, **body: Any) -> dict[str, Any]:
-    response = await client.post("/tasks/", json=body)
-    assert response.status_code == expected, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-async def wait_for(
-    client: httpx.AsyncClient, task_id: int, status: str, timeout: float = 10.0
-) -> dict[str, Any]:
-    """Poll GET /tasks/{id} until the task has ``status``; fail on timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        response = await client.get(f"/tasks/{task_id}")
-        assert response.status_code == 200, response.text
-        task: dict[str, Any] = response.json()
-        if task["status"] == status:
-            return task
-        if loop.time() > deadline:
-            raise AssertionError(f"task {task_id} is not {status} after {timeout}s: {task}")
-        await asyncio.sleep(0.02)
+from tests.contract.http import FAILING, FAILING_ATTEMPTS, submit, wait_for
 
 
 def stamp(value: str) -> datetime:

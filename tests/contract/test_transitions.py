@@ -31,12 +31,15 @@ HANDLERS = {"echo": 3}
 
 NOT_TRANSITIONS = {
     # reads and counts
-    "get", "list_tasks", "queue_stats", "outbox_stats", "count_due", "count_pending",
+    "get", "get_many", "attempts_of", "list_tasks", "queue_stats", "outbox_stats",
+    "count_due", "count_pending",
     "stale_queues", "list_workers", "list_api_keys", "find_api_key",
     # new tasks, leases, the outbox, keys, the worker registry: no task changes state
     "enqueue", "heartbeat", "expire_all_leases", "claim_outbox", "release_outbox",
     "delete_outbox", "create_api_key", "revoke_api_key", "register_worker", "touch_worker",
     "unregister_worker", "prune_workers",
+    # what a running handler reports of itself
+    "record_progress",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip

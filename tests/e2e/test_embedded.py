@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.e2e.conftest import Cluster, free_port, wait_until
@@ -123,3 +124,57 @@ async def test_krolik_dev_stops_gracefully_on_a_signal(
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         finished = (await client.get(f"/tasks/{running}")).json()
     assert (finished["status"], finished["attempts"]) == ("done", 1), finished
+
+
+async def read_events(lines: Any, until: str) -> list[dict[str, Any]]:
+    """Events off a live ``text/event-stream`` until one of kind ``until`` arrived."""
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    async for line in lines:
+        if not line:
+            if current:
+                events.append(current)
+                if current.get("event") == until:
+                    return events
+            current = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            current[key] = orjson.loads(value) if key == "data" else value
+    raise AssertionError(f"the stream ended before {until!r}: {events}")
+
+
+async def test_a_dropped_event_stream_resumes_with_last_event_id(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    _, url = await start_dev(cluster, tmp_path / "tasks.sqlite3", free_port())
+    async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+        body = {"name": "slow", "payload": {"seconds": 1.5}}
+        task_id = (await client.post("/tasks/", json=body)).json()["task_id"]
+        async with client.stream("GET", f"/tasks/{task_id}/events") as stream:
+            first = await read_events(stream.aiter_lines(), until="started")
+        # The connection is gone while the task runs; the client comes back with the id.
+        assert (await client.get(f"/tasks/{task_id}")).json()["status"] == "processing"
+        async with client.stream(
+            "GET", f"/tasks/{task_id}/events", headers={"Last-Event-ID": first[-1]["id"]}
+        ) as stream:
+            rest = await read_events(stream.aiter_lines(), until="finished")
+    assert [event["event"] for event in first] == ["queued", "started"]
+    assert [event["event"] for event in rest] == ["finished"]
+    assert rest[0]["data"]["task"]["result"]["slept"] == 1.5
+
+
+async def test_the_change_stream_shows_new_tasks_to_their_end(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    _, url = await start_dev(cluster, tmp_path / "tasks.sqlite3", free_port())
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=20) as client,
+        client.stream("GET", "/events", params={"queue": "default"}) as stream,
+    ):
+        lines = stream.aiter_lines()
+        assert await anext(lines) == ": following"
+        task_id = (await client.post("/tasks/", json={"payload": "seen"})).json()["task_id"]
+        events = await read_events(lines, until="finished")
+    mine = [event for event in events if event["data"]["task"]["id"] == task_id]
+    assert mine[0]["event"] in ("queued", "started")
+    assert mine[-1]["data"]["task"]["result"] == "Processed 'seen'"

@@ -98,6 +98,30 @@ async def test_worker_killed_mid_task_is_rescued_and_finished_by_another(
     assert done.result["pid"] == worker_b.pid
     assert done.result["attempt"] == 2
     assert await processing_tasks(store) == []
+    async with httpx.AsyncClient(timeout=10) as client:
+        attempts = (await client.get(f"{api.url}/tasks/{task_id}/attempts")).json()["items"]
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "lost"), (2, "succeeded")]
+    assert attempts[0]["worker_id"] == running.worker_id  # the killed one
+    assert "lease expired" in attempts[0]["error"]
+
+
+async def test_a_submit_that_waits_is_answered_by_another_process_s_completion(
+    cluster: Cluster,
+) -> None:
+    """The worker's notice crosses RabbitMQ to the API process, which answers the wait:
+    its periodic re-read (set to a minute here) would come too late."""
+    slow_recheck = {"APP__RESULTS__RECHECK_SECONDS": "60"}
+    api = await cluster.api(env=slow_recheck)
+    cluster.worker()
+    async with httpx.AsyncClient(timeout=30) as client:
+        warm = await client.post(f"{api.url}/tasks/", params={"wait": 20}, json={"payload": 0})
+        assert warm.json()["status"] == "done", warm.text  # the worker is up
+        response = await client.post(
+            f"{api.url}/tasks/", params={"wait": 20}, json={"payload": "waited"}
+        )
+    # Without the notice, the wait would end after 20 s with the task not yet seen done.
+    assert response.status_code == 201, response.text
+    assert (response.json()["status"], response.json()["result"]) == ("done", "Processed 'waited'")
 
 
 async def test_api_killed_after_commit_loses_no_task(

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from krolik.access import Scope
 from krolik.api.auth import (
@@ -25,6 +26,8 @@ from krolik.api.deps import (
     RelayDep,
     SettingsDep,
     StoreDep,
+    api_of,
+    node_of,
     settings_of,
     submitter_of,
 )
@@ -34,6 +37,8 @@ from krolik.api.schemas import (
     MAX_ID,
     NAME_PATTERN,
     QUEUE_PATTERN,
+    AttemptList,
+    AttemptOut,
     Problem,
     TaskBatch,
     TaskBatchCreated,
@@ -49,7 +54,7 @@ from krolik.errors import TaskNotFound
 from krolik.log import current_request_id
 from krolik.settings import Settings
 from krolik.states import TaskStatus
-from krolik.store.records import NewTask, TaskFilter
+from krolik.store.records import NewTask, TaskFilter, running_attempt
 from krolik.waiting import waiting_reason
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=GUARDED_RESPONSES)
@@ -90,17 +95,48 @@ def decode_cursor(cursor: str) -> int:
 
 
 async def _create(request: Request) -> Response:
-    # The hot path, a direct route (krolik/api/direct.py): the key and the body are read
-    # by hand, not as FastAPI dependencies; CREATE_OPERATION documents both.
+    # The hot path, a direct route (krolik/api/direct.py): the key, the body and ``wait``
+    # are read by hand, not as FastAPI dependencies; CREATE_OPERATION documents them.
     caller = await authorize(request, Scope.SUBMIT)
+    wait = _wait_of(request)
     body = await read_json_body(request, TaskCreate)
-    enqueued = await submitter_of(request).submit(_new_task(body, settings_of(request), caller))
+    settings = settings_of(request)
+    enqueued = await submitter_of(request).submit(_new_task(body, settings, caller))
+    task = enqueued.task
+    if wait:
+        task = await api_of(request).watch.wait_final(task.id, wait) or task
     # Written directly: FastAPI would validate and dump the answer once more.
     return Response(
-        TaskCreated.json_of(enqueued.task),
+        TaskCreated.json_of(task),
         status.HTTP_201_CREATED if enqueued.created else status.HTTP_200_OK,
         media_type="application/json",
     )
+
+
+MAX_WAIT_QUERY = 3600.0
+
+
+def _wait_of(request: Request) -> float | None:
+    """``?wait=`` of a direct route, checked as FastAPI checks the declared one."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+        if not 0 <= seconds <= MAX_WAIT_QUERY:
+            raise ValueError(raw)
+    except ValueError:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "wait",
+                    "loc": ("query", "wait"),
+                    "msg": f"wait must be a number of seconds from 0 to {MAX_WAIT_QUERY:g}",
+                    "input": raw,
+                }
+            ]
+        ) from None
+    return min(seconds, settings_of(request).results.max_wait_seconds)
 
 
 @router.post(
@@ -148,7 +184,24 @@ def _new_task(body: TaskCreate, settings: Settings, caller: Principal) -> NewTas
     )
 
 
+WAIT_DESCRIPTION = (
+    "Seconds to wait for the task to finish (done, failed or cancelled) before answering; "
+    "the answer comes as soon as it does, or with its state when the wait ends. "
+    "Capped by APP__RESULTS__MAX_WAIT_SECONDS (60 by default)."
+)
+
+WaitQuery = Annotated[float | None, Query(ge=0, le=MAX_WAIT_QUERY, description=WAIT_DESCRIPTION)]
+
 CREATE_OPERATION: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "wait",
+            "in": "query",
+            "required": False,
+            "description": WAIT_DESCRIPTION,
+            "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_QUERY},
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskCreate"}}},
@@ -220,8 +273,19 @@ async def list_tasks(
 @router.get(
     "/{task_id}", response_model=TaskDetail, responses={404: ERRORS[404]}, summary="Read a task"
 )
-async def get_task(task_id: TaskId, reads: ReadsDep, store: StoreDep, _: ReadAccess) -> TaskDetail:
-    task = await reads.get(task_id)
+async def get_task(
+    task_id: TaskId,
+    reads: ReadsDep,
+    store: StoreDep,
+    request: Request,
+    _: ReadAccess,
+    wait: WaitQuery = None,
+) -> TaskDetail:
+    if wait:
+        seconds = min(wait, settings_of(request).results.max_wait_seconds)
+        task = await api_of(request).watch.wait_final(task_id, seconds)
+    else:
+        task = await reads.get(task_id)
     if task is None:
         raise TaskNotFound(f"task {task_id} does not exist")
     detail = TaskDetail.of(task)
@@ -229,6 +293,24 @@ async def get_task(task_id: TaskId, reads: ReadsDep, store: StoreDep, _: ReadAcc
         live = await store.list_workers()
         detail.waiting_reason = waiting_reason(task, live, datetime.now(UTC))
     return detail
+
+
+@router.get(
+    "/{task_id}/attempts",
+    response_model=AttemptList,
+    responses={404: ERRORS[404]},
+    summary="Every run of a task",
+    description="Each run with its worker, times, outcome, error and traceback, oldest "
+    "first; the run in progress, if any, comes last with a null outcome.",
+)
+async def list_attempts(task_id: TaskId, store: StoreDep, _: ReadAccess) -> AttemptList:
+    task = await store.get(task_id)
+    if task is None:
+        raise TaskNotFound(f"task {task_id} does not exist")
+    ended = await store.attempts_of(task_id)
+    if task.status is TaskStatus.PROCESSING:
+        ended.append(running_attempt(task))
+    return AttemptList(items=[AttemptOut.of(attempt) for attempt in ended])
 
 
 @router.post(
@@ -239,8 +321,12 @@ async def get_task(task_id: TaskId, reads: ReadsDep, store: StoreDep, _: ReadAcc
     description="A pending task is cancelled at once and never runs; a running one "
     "is asked to stop (cancel_requested) and becomes cancelled when it does.",
 )
-async def cancel_task(task_id: TaskId, store: StoreDep, _: AdminAccess) -> TaskOut:
-    return TaskOut.of(await store.cancel(task_id))
+async def cancel_task(
+    task_id: TaskId, store: StoreDep, request: Request, _: AdminAccess
+) -> TaskOut:
+    task = await store.cancel(task_id)
+    node_of(request).observer.task_changed(task)
+    return TaskOut.of(task)
 
 
 @router.post(
@@ -250,8 +336,11 @@ async def cancel_task(task_id: TaskId, store: StoreDep, _: AdminAccess) -> TaskO
     summary="Retry a dead task",
     description="A failed or cancelled task goes back to pending with fresh attempts.",
 )
-async def retry_task(task_id: TaskId, store: StoreDep, relay: RelayDep, _: AdminAccess) -> TaskOut:
+async def retry_task(
+    task_id: TaskId, store: StoreDep, relay: RelayDep, request: Request, _: AdminAccess
+) -> TaskOut:
     task = await store.retry(task_id)
     if relay is not None:
         relay.wake()  # its outbox row is due at once
+    node_of(request).observer.task_changed(task)
     return TaskOut.of(task)

@@ -12,17 +12,32 @@ from sqlalchemy import insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from krolik.errors import InvalidTransition, TaskNotFound
-from krolik.states import TaskStatus
+from krolik.states import AttemptOutcome, TaskStatus
 from krolik.store.dialects import Dialect
 from krolik.store.failures import raise_classified
 from krolik.store.records import NewTask, OutboxEntry
-from krolik.store.tables import outbox, tasks
+from krolik.store.tables import attempts, outbox, tasks
 
 PENDING = TaskStatus.PENDING.value
 PROCESSING = TaskStatus.PROCESSING.value
 DONE = TaskStatus.DONE.value
 FAILED = TaskStatus.FAILED.value
 CANCELLED = TaskStatus.CANCELLED.value
+
+ENDED_RUN_COLUMNS = (
+    tasks.c.id,
+    tasks.c.run_token,
+    tasks.c.attempts,
+    tasks.c.worker_id,
+    tasks.c.started_at,
+    tasks.c.finished_at,
+    tasks.c.updated_at,
+    tasks.c.status,
+    tasks.c.run_at,
+    tasks.c.error,
+    tasks.c.traceback,
+)
+"""What a statement ending a run returns, for the run's attempt record."""
 
 
 class SqlCore:
@@ -95,6 +110,40 @@ class SqlCore:
             else None
             for r, claim in zip(written.all(), until, strict=True)
         ]
+
+    async def _record_attempts(
+        self,
+        conn: AsyncConnection,
+        ended: Sequence[tuple[Mapping[Any, Any], AttemptOutcome]],
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """The attempt records of runs a statement on ``conn`` just ended, in its
+        transaction: each row as that statement returned it (``ENDED_RUN_COLUMNS``).
+
+        ``worker_id`` and ``attempt`` stand in for what the statement changed on the
+        way (a run going back to pending forgets its worker; a released one its count)."""
+        if not ended:
+            return
+        await conn.execute(
+            insert(attempts),
+            [
+                {
+                    "task_id": row["id"],
+                    "run_token": row["run_token"],
+                    "attempt": row["attempts"] if attempt is None else attempt,
+                    "worker_id": row["worker_id"] if worker_id is None else worker_id,
+                    "started_at": row["started_at"],
+                    "finished_at": row["finished_at"] or row["updated_at"],
+                    "outcome": outcome.value,
+                    "error": row["error"],
+                    "traceback": row["traceback"],
+                    "retry_at": row["run_at"] if row["status"] == PENDING else None,
+                }
+                for row, outcome in ended
+            ],
+        )
 
     @staticmethod
     def _claimed_until(

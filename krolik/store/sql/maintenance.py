@@ -6,48 +6,82 @@ from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select, update
 
-from krolik.states import TaskStatus
+from krolik.states import AttemptOutcome, TaskStatus
 from krolik.store.records import RescuedTask
-from krolik.store.sql.core import CANCELLED, FAILED, PENDING, PROCESSING, SqlCore
+from krolik.store.sql.core import (
+    CANCELLED,
+    ENDED_RUN_COLUMNS,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    SqlCore,
+)
 from krolik.store.tables import outbox, tasks
 
 
 class MaintenanceStatements(SqlCore):
     async def rescue_expired(self, limit: int) -> list[RescuedTask]:
+        """Two statements in one transaction: lock the expired runs as they were (their
+        worker and start, for the attempt records), then end them."""
         now, clock = self.dialect.now(), self.dialect.clock()
         expired = (
-            select(tasks.c.id)
+            select(*ENDED_RUN_COLUMNS)
             .where(tasks.c.status == PROCESSING, tasks.c.lease_expires_at < now)
             .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
         exhausted = tasks.c.attempts >= func.coalesce(tasks.c.max_attempts, 1)
         asked = tasks.c.cancel_requested  # a run asked to stop is not run again
-        stmt = (
-            update(tasks)
-            .where(
-                tasks.c.id.in_(expired),
-                tasks.c.status == PROCESSING,
-                tasks.c.lease_expires_at < now,
-            )
-            .values(
-                status=case((asked, CANCELLED), (exhausted, FAILED), else_=PENDING),
-                error="lease expired: the worker stopped heartbeating",
-                finished_at=case((or_(asked, exhausted), clock), else_=None),
-                run_at=clock,
-                worker_id=None,
-                lease_expires_at=None,
-                updated_at=clock,
-            )
-            .returning(*tasks.c)
-        )
+        lost = "lease expired: the worker stopped heartbeating"
         async with self._tx() as conn:
+            runs = {row["id"]: row for row in (await conn.execute(expired)).mappings().all()}
+            if not runs:
+                return []
+            stmt = (
+                update(tasks)
+                .where(
+                    tasks.c.id.in_(list(runs)),
+                    tasks.c.status == PROCESSING,
+                    tasks.c.lease_expires_at < now,
+                )
+                .values(
+                    status=case((asked, CANCELLED), (exhausted, FAILED), else_=PENDING),
+                    error=lost,
+                    traceback=None,
+                    finished_at=case((or_(asked, exhausted), clock), else_=None),
+                    run_at=clock,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    updated_at=clock,
+                )
+                .returning(*tasks.c)
+            )
             rows = (await conn.execute(stmt)).mappings().all()
             await self._dispatch(conn, [row for row in rows if row["status"] == PENDING])
+            await self._record_attempts(
+                conn,
+                [
+                    (
+                        {
+                            **runs[row["id"]],
+                            "finished_at": row["updated_at"],
+                            "status": row["status"],
+                            "run_at": row["run_at"],
+                            "error": lost,
+                            "traceback": None,
+                        },
+                        AttemptOutcome.LOST,
+                    )
+                    for row in rows
+                ],
+            )
         return [
             RescuedTask(
-                task_id=row["id"], status=TaskStatus(row["status"]), attempts=row["attempts"]
+                task_id=row["id"],
+                status=TaskStatus(row["status"]),
+                attempts=row["attempts"],
+                queue=row["queue"],
+                name=row["name"],
             )
             for row in rows
         ]

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from krolik.states import TaskStatus
-from krolik.store.records import ApiKey, Task, WorkerInfo
+from krolik.states import AttemptOutcome, TaskStatus
+from krolik.store.records import ApiKey, Attempt, Task, WorkerInfo
 
 
 def aware(stamp: Any) -> Any:
@@ -35,6 +35,21 @@ def row_to_task(row: Mapping[Any, Any]) -> Task:
     for key in TIMESTAMPS:
         values[key] = aware(values[key])
     return Task(**values)
+
+
+def row_to_attempt(row: Mapping[Any, Any]) -> Attempt:
+    return Attempt(
+        task_id=row["task_id"],
+        run_token=row["run_token"],
+        attempt=row["attempt"],
+        worker_id=row["worker_id"],
+        started_at=aware(row["started_at"]),
+        finished_at=aware(row["finished_at"]),
+        outcome=AttemptOutcome(row["outcome"]),
+        error=row["error"],
+        traceback=row["traceback"],
+        retry_at=aware(row["retry_at"]),
+    )
 
 
 def row_to_worker(row: Mapping[Any, Any]) -> WorkerInfo:

@@ -11,10 +11,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, false, insert, or_, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from krolik.states import TaskStatus
+from krolik.states import AttemptOutcome, TaskStatus
 from krolik.store.records import RunRef
-from krolik.store.sql.core import CANCELLED, FAILED, PENDING, PROCESSING, SqlCore
+from krolik.store.sql.core import (
+    CANCELLED,
+    ENDED_RUN_COLUMNS,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    SqlCore,
+)
 from krolik.store.tables import outbox, tasks
 
 
@@ -50,27 +58,60 @@ class RunStatements(SqlCore):
         kept = {(row.id, row.run_token): bool(row.cancel_requested) for row in rows}
         return {run: kept[key] for run in runs if (key := (run.task_id, run.token)) in kept}
 
+    async def record_progress(self, reports: Sequence[tuple[RunRef, Any]]) -> list[bool]:
+        if not reports:
+            return []
+        answers = []
+        async with self._tx() as conn:
+            for run, report in reports:
+                stmt = (
+                    update(tasks)
+                    .where(self._owned(run))
+                    .values(progress=report)
+                    .returning(tasks.c.id)
+                )
+                answers.append((await conn.execute(stmt)).first() is not None)
+        return answers
+
     def _finish_stmt(self, run: RunRef, **values: Any) -> Any:
         clock = self.dialect.clock()
         return (
             update(tasks)
             .where(self._owned(run))
             .values(lease_expires_at=None, finished_at=clock, updated_at=clock, **values)
-            .returning(tasks.c.id)
+            .returning(*ENDED_RUN_COLUMNS)
         )
 
-    async def _finish(self, run: RunRef, **values: Any) -> bool:
+    async def _finish_on(
+        self, conn: AsyncConnection, run: RunRef, outcome: AttemptOutcome, **values: Any
+    ) -> bool:
+        """End the run with its attempt record, on ``conn``; False if it is not ours."""
+        row = (await conn.execute(self._finish_stmt(run, **values))).mappings().first()
+        if row is None:
+            return False
+        await self._record_attempts(conn, [(row, outcome)])
+        return True
+
+    async def _finish(self, run: RunRef, outcome: AttemptOutcome, **values: Any) -> bool:
         async with self._tx() as conn:
-            return (await conn.execute(self._finish_stmt(run, **values))).first() is not None
+            return await self._finish_on(conn, run, outcome, **values)
 
     async def fail(self, run: RunRef, error: str, traceback: str | None) -> bool:
-        return await self._finish(run, status=FAILED, error=error, traceback=traceback)
+        return await self._finish(
+            run, AttemptOutcome.FAILED, status=FAILED, error=error, traceback=traceback
+        )
 
     async def mark_cancelled(self, run: RunRef) -> bool:
-        return await self._finish(run, status=CANCELLED, error="cancelled on request")
+        return await self._finish(
+            run, AttemptOutcome.CANCELLED, status=CANCELLED, error="cancelled on request"
+        )
 
     async def _back_to_pending(
-        self, run: RunRef, run_at: ColumnElement[datetime], **values: Any
+        self,
+        run: RunRef,
+        outcome: AttemptOutcome,
+        run_at: ColumnElement[datetime],
+        **values: Any,
     ) -> TaskStatus | None:
         clock = self.dialect.clock()
         asked = tasks.c.cancel_requested  # a run asked to stop is not run again
@@ -94,17 +135,30 @@ class RunStatements(SqlCore):
                 return None
             if row["status"] == PENDING:
                 await self._dispatch(conn, [row])
+            ended = outcome if row["status"] == PENDING else AttemptOutcome.CANCELLED
+            record = dict(row)
+            if outcome is AttemptOutcome.RELEASED:  # the error is an earlier attempt's
+                record["error"] = record["traceback"] = None
+            await self._record_attempts(
+                conn, [(record, ended)], worker_id=run.worker_id, attempt=run.attempt
+            )
         return TaskStatus(row["status"])
 
     async def retry_later(
         self, run: RunRef, error: str, traceback: str | None, delay_seconds: float
     ) -> TaskStatus | None:
         return await self._back_to_pending(
-            run, self.dialect.later(delay_seconds), error=error, traceback=traceback
+            run,
+            AttemptOutcome.RETRIED,
+            self.dialect.later(delay_seconds),
+            error=error,
+            traceback=traceback,
         )
 
     async def release(self, run: RunRef) -> TaskStatus | None:
-        return await self._back_to_pending(run, self.dialect.clock(), attempts=tasks.c.attempts - 1)
+        return await self._back_to_pending(
+            run, AttemptOutcome.RELEASED, self.dialect.clock(), attempts=tasks.c.attempts - 1
+        )
 
     async def dispatch_later(self, task_ids: Sequence[int], delay_seconds: float) -> list[int]:
         if not task_ids:

@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Float
 
 from krolik.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
-from krolik.store.records import Enqueued, NewTask, Task, TaskFilter
+from krolik.store.records import Attempt, Enqueued, NewTask, Task, TaskFilter
 from krolik.store.sql.core import CANCELLED, FAILED, PENDING, PROCESSING, SqlCore
-from krolik.store.sql.rows import row_to_task
-from krolik.store.tables import Timestamp, outbox, tasks
+from krolik.store.sql.rows import row_to_attempt, row_to_task
+from krolik.store.tables import Timestamp, attempts, outbox, tasks
 
 
 def key_scope(new: NewTask) -> str:
@@ -199,6 +199,24 @@ class TaskStatements(SqlCore):
                 (await conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings().first()
             )
         return row_to_task(row) if row else None
+
+    async def get_many(self, task_ids: Sequence[int]) -> list[Task]:
+        if not task_ids:
+            return []
+        stmt = select(tasks).where(tasks.c.id.in_(list(task_ids)))
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [row_to_task(row) for row in rows]
+
+    async def attempts_of(self, task_id: int) -> list[Attempt]:
+        stmt = (
+            select(attempts)
+            .where(attempts.c.task_id == task_id)
+            .order_by(attempts.c.run_token, attempts.c.id)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [row_to_attempt(row) for row in rows]
 
     async def list_tasks(
         self, task_filter: TaskFilter, *, before_id: int | None, limit: int

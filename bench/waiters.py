@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Waiting for results: what held waiters cost one API process, and how soon they hear.
+
+    .venv/bin/python bench/waiters.py                        # 5,000 waiters, 1,000 streams
+    .venv/bin/python bench/waiters.py --waiters 2000 --streams 500 --rate 100
+    .venv/bin/python bench/waiters.py --embedded             # krolik dev on SQLite
+
+What it does, in one run (see bench/common.py for the deployment):
+  * parks tasks that will not run for an hour (``delay_seconds``), one per waiter;
+  * submit throughput without waiters: ``--connections`` clients POST one task each in
+    a closed loop for ``--submit-seconds``; the resident memory of the API process;
+  * opens ``--waiters`` ``GET /tasks/{id}?wait=600`` and ``--streams`` ``GET
+    /tasks/{id}/events`` on the parked tasks, all held open; the memory again;
+  * the same submit measure while they are held (the ratio is the figure);
+  * completion to answer: tasks submitted at ``--rate`` per second, each followed by a
+    ``GET ?wait=30`` at once; answer time (client clock) minus ``finished_at`` (the
+    database's clock, same machine) per task, p50 / p95 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common import (
+    Deployment,
+    add_common_args,
+    finish,
+    fmt_summary,
+    print_table,
+    run_main,
+    say,
+    summary_ms,
+    to_epoch,
+)
+
+BENCH = "waiters"
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def park(client: httpx.AsyncClient, url: str, count: int) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < count:
+        size = min(1000, count - len(ids))
+        body = {"tasks": [{"payload": "parked", "delay_seconds": 3600}] * size}
+        response = await client.post(f"{url}/tasks/batch", json=body)
+        response.raise_for_status()
+        ids += response.json()["task_ids"]
+    return ids
+
+
+async def submit_rate(url: str, connections: int, seconds: float) -> float:
+    """Tasks per second, ``connections`` clients each posting one task after another."""
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        stop = time.monotonic() + seconds
+        done = 0
+
+        async def one_client() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                response = await client.post(f"{url}/tasks/", json={"payload": "x"})
+                if response.status_code == 201:
+                    done += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(one_client() for _ in range(connections)))
+        return done / (time.monotonic() - started)
+
+
+async def hold(url: str, ids: list[int], waiters: int, streams: int) -> tuple[Any, list[Any]]:
+    """Open the waits and streams; return the client and their tasks (cancel to close)."""
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(700, connect=30),
+        limits=httpx.Limits(max_connections=waiters + streams + 10),
+    )
+    opened = 0
+
+    async def wait_on(task_id: int) -> None:
+        nonlocal opened
+        opened += 1
+        await client.get(f"{url}/tasks/{task_id}", params={"wait": 600})
+
+    async def follow(task_id: int) -> None:
+        nonlocal opened
+        async with client.stream("GET", f"{url}/tasks/{task_id}/events") as stream:
+            opened += 1
+            async for _ in stream.aiter_lines():
+                pass
+
+    jobs = []
+    for index, task_id in enumerate(ids[: waiters + streams]):
+        jobs.append(asyncio.create_task(wait_on(task_id) if index < waiters else follow(task_id)))
+        if index % 200 == 199:
+            await asyncio.sleep(0.05)  # do not overrun the listen backlog
+    deadline = time.monotonic() + 60
+    while opened < len(jobs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2)  # the server registers the last ones
+    return client, jobs
+
+
+async def completion_to_answer(url: str, rate: float, seconds: float) -> list[tuple[int, float]]:
+    """(task id, wall time the waiting client got its answer) per task."""
+    answers: list[tuple[int, float]] = []
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=500)) as client:
+
+        async def one() -> None:
+            created = await client.post(f"{url}/tasks/", json={"payload": "x"})
+            task_id = created.json()["task_id"]
+            waited = await client.get(f"{url}/tasks/{task_id}", params={"wait": 30})
+            if waited.json()["status"] == "done":
+                answers.append((task_id, time.time()))
+
+        jobs = []
+        start = time.monotonic()
+        for i in range(round(rate * seconds)):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            jobs.append(asyncio.create_task(one()))
+        await asyncio.gather(*jobs)
+    return answers
+
+
+async def bench(args: argparse.Namespace) -> int:
+    deployment = Deployment(BENCH, args)
+    deployment.extra["APP__RESULTS__MAX_WAIT_SECONDS"] = "600"
+    say(BENCH, f"run {deployment.run}: {deployment.describe()}")
+    try:
+        await deployment.set_up()
+        api, url = await deployment.start_api(concurrency=args.concurrency)
+        if not deployment.embedded:
+            deployment.start_worker(args.concurrency)
+        async with httpx.AsyncClient(timeout=60) as client:
+            ids = await park(client, url, args.waiters + args.streams)
+        await completion_to_answer(url, args.rate, 2)  # warm-up: worker up, paths warm
+        say(BENCH, f"submit without waiters ({args.submit_seconds:g}s)")
+        rate_alone = await submit_rate(url, args.connections, args.submit_seconds)
+        rss_alone = rss_mib(api.pid)
+        say(BENCH, f"opening {args.waiters} waits and {args.streams} streams")
+        held, jobs = await hold(url, ids, args.waiters, args.streams)
+        rss_held = rss_mib(api.pid)
+        say(BENCH, f"submit with them held ({args.submit_seconds:g}s)")
+        rate_held = await submit_rate(url, args.connections, args.submit_seconds)
+        say(BENCH, f"completion to answer at {args.rate:g}/s for {args.duration:g}s, held still")
+        answers = await completion_to_answer(url, args.rate, args.duration)
+        still_open = sum(not job.done() for job in jobs)
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await held.aclose()
+        rows = await deployment.fetch(
+            "SELECT id, finished_at FROM krolik_tasks WHERE status = 'done'"
+        )
+        await deployment.stop_all()
+    except BaseException:
+        deployment.failed = True
+        raise
+    finally:
+        await deployment.clean_up()
+    finished = {row["id"]: to_epoch(row["finished_at"]) for row in rows}
+    lags = [answered - finished[i] for i, answered in answers if finished.get(i) is not None]
+    figures: dict[str, Any] = {
+        "mode": deployment.mode,
+        "waiters": args.waiters,
+        "streams": args.streams,
+        "held_open_at_end": still_open,
+        "api_rss_mib_alone": round(rss_alone, 1),
+        "api_rss_mib_held": round(rss_held, 1),
+        "api_rss_mib_more": round(rss_held - rss_alone, 1),
+        "submit_per_s_alone": round(rate_alone, 1),
+        "submit_per_s_held": round(rate_held, 1),
+        "submit_ratio_held_to_alone": round(rate_held / rate_alone, 3) if rate_alone else None,
+        "answered": len(answers),
+        "completion_to_answer_ms": summary_ms(lags),
+        "code": deployment.code,
+    }
+    figures["ok"] = bool(lags) and still_open == args.waiters + args.streams
+    print_table(
+        [
+            ("mode", deployment.mode),
+            (
+                "held",
+                f"{args.waiters} waits + {args.streams} event streams"
+                f" ({still_open} open at the end)",
+            ),
+            (
+                "API memory",
+                f"{rss_alone:.0f} MiB alone, {rss_held:.0f} MiB held (+{rss_held - rss_alone:.0f})",
+            ),
+            (
+                "submit",
+                f"{rate_alone:.0f}/s alone, {rate_held:.0f}/s held"
+                f" ({figures['submit_ratio_held_to_alone']}x)",
+            ),
+            ("completion -> answer", fmt_summary(figures["completion_to_answer_ms"])),
+        ]
+    )
+    return finish(BENCH, figures)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(parser)
+    parser.add_argument("--waiters", type=int, default=5000)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0, help="tasks/s of the latency phase")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of the latency phase")
+    parser.add_argument("--connections", type=int, default=32, help="submitting clients")
+    parser.add_argument("--submit-seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32, help="worker concurrency")
+    args = parser.parse_args()
+    return run_main(BENCH, lambda: bench(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

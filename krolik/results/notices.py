@@ -1,0 +1,103 @@
+"""Change notices: every process says which tasks it changed; API processes listen.
+
+A notice names tasks (id, queue, name), never their state: the store holds the truth, and
+a listener re-reads what it cares about, once per notice for all its waiters. Notices are
+sent after the commit, best effort (the broker's fanout, without confirms): one that is
+lost costs a waiter at most the watch's periodic re-read, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from krolik.broker.base import Broker
+from krolik.events import Observer
+from krolik.log import get_logger
+from krolik.store.records import RescuedTask, Task
+
+log = get_logger(__name__)
+
+MAX_PER_NOTICE = 1000
+"""Changes one notice carries at most; a busy process sends several."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChange:
+    task_id: int
+    queue: str
+    name: str
+
+
+def encode_changes(changes: Sequence[TaskChange]) -> bytes:
+    return orjson.dumps([[change.task_id, change.queue, change.name] for change in changes])
+
+
+def decode_changes(body: bytes) -> list[TaskChange]:
+    """The changes of a notice; a body that is not one gives none (it is only a hint)."""
+    try:
+        items = orjson.loads(body)
+        return [TaskChange(int(i), str(q), str(n)) for i, q, n in items]
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        log.warning("notice_unreadable", size=len(body))
+        return []
+
+
+class ChangeNotices(Observer):
+    """Publishes a notice for the tasks this process changed, after each change.
+
+    The hooks are synchronous and cheap: changes are gathered and sent by one task,
+    once per turn of the event loop (a batch of completions makes one notice), so a
+    slow or absent broker never slows the work that made them."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._pending: dict[int, TaskChange] = {}
+        self._sender: asyncio.Task[None] | None = None
+
+    def changed(self, task: Task) -> None:
+        self._gather(TaskChange(task.id, task.queue, task.name))
+
+    def _gather(self, change: TaskChange) -> None:
+        self._pending[change.task_id] = change
+        if self._sender is None or self._sender.done():
+            try:
+                self._sender = asyncio.get_running_loop().create_task(self._send())
+            except RuntimeError:  # no loop: a hook called from another thread
+                self._pending.clear()
+
+    async def _send(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this turn's changes gather
+        while self._pending:
+            batch = list(self._pending.values())[:MAX_PER_NOTICE]
+            for change in batch:
+                del self._pending[change.task_id]
+            try:
+                await self.broker.publish_notice(encode_changes(batch))
+            except Exception as exc:  # a notice is a hint: never let it fail the work
+                log.debug("notice_not_sent", error=str(exc), changes=len(batch))
+
+    async def flush(self) -> None:
+        """Wait until what was gathered so far is sent (or dropped)."""
+        if self._sender is not None:
+            with contextlib.suppress(Exception):
+                await self._sender
+
+    def task_submitted(self, task: Task) -> None:
+        self.changed(task)
+
+    def task_started(self, task: Task) -> None:
+        self.changed(task)
+
+    def task_finished(self, task: Task, result: str, seconds: float) -> None:
+        self.changed(task)
+
+    def task_changed(self, task: Task) -> None:
+        self.changed(task)
+
+    def task_rescued(self, rescued: RescuedTask) -> None:
+        self._gather(TaskChange(rescued.task_id, rescued.queue, rescued.name))
