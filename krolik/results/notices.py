@@ -47,28 +47,49 @@ def decode_changes(body: bytes) -> list[TaskChange]:
         return []
 
 
+SOON_SECONDS = 0.05
+"""How long a change nobody is likely to wait for (a submit, a start, progress) may wait
+to share its notice with others: at a high submit rate, a notice per commit would cost
+the API more than the commit."""
+
+
 class ChangeNotices(Observer):
     """Publishes a notice for the tasks this process changed, after each change.
 
-    The hooks are synchronous and cheap: changes are gathered and sent by one task,
-    once per turn of the event loop (a batch of completions makes one notice), so a
-    slow or absent broker never slows the work that made them."""
+    The hooks are synchronous and cheap: changes are gathered and sent by one task. The
+    end of a run (what waiters wait for), a rescue, a cancel or a retry goes out on the
+    next turn of the event loop (a batch of completions makes one notice); the rest within
+    ``SOON_SECONDS``, together. A slow or absent broker never slows the work."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self._pending: dict[int, TaskChange] = {}
         self._sender: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
-    def changed(self, task: Task) -> None:
-        self._gather(TaskChange(task.id, task.queue, task.name))
+    def changed(self, task: Task, *, urgent: bool = True) -> None:
+        self._gather(TaskChange(task.id, task.queue, task.name), urgent=urgent)
 
-    def _gather(self, change: TaskChange) -> None:
+    def _gather(self, change: TaskChange, *, urgent: bool = True) -> None:
         self._pending[change.task_id] = change
+        if self._sender is not None and not self._sender.done():
+            return  # the sender takes it with what it sends next
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: a hook called from another thread
+            self._pending.clear()
+            return
+        if urgent:
+            self._start_sending()
+        elif self._timer is None:
+            self._timer = loop.call_later(SOON_SECONDS, self._start_sending)
+
+    def _start_sending(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._sender is None or self._sender.done():
-            try:
-                self._sender = asyncio.get_running_loop().create_task(self._send())
-            except RuntimeError:  # no loop: a hook called from another thread
-                self._pending.clear()
+            self._sender = asyncio.get_running_loop().create_task(self._send())
 
     async def _send(self) -> None:
         await asyncio.sleep(0)  # let the rest of this turn's changes gather
@@ -83,15 +104,17 @@ class ChangeNotices(Observer):
 
     async def flush(self) -> None:
         """Wait until what was gathered so far is sent (or dropped)."""
+        if self._pending:
+            self._start_sending()
         if self._sender is not None:
             with contextlib.suppress(Exception):
                 await self._sender
 
     def task_submitted(self, task: Task) -> None:
-        self.changed(task)
+        self.changed(task, urgent=False)
 
     def task_started(self, task: Task) -> None:
-        self.changed(task)
+        self.changed(task, urgent=False)
 
     def task_finished(self, task: Task, result: str, seconds: float) -> None:
         self.changed(task)

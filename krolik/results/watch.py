@@ -32,6 +32,10 @@ STREAM_BACKLOG = 1000
 RECONNECT_SECONDS = 2.0
 
 
+def _progress_at(task: Task) -> object:
+    return task.progress.get("at") if isinstance(task.progress, dict) else None
+
+
 class Watcher:
     """One request's interest in one task: the latest read of it, and a wake-up."""
 
@@ -88,6 +92,9 @@ class TaskWatch:
         self._watchers: dict[int, set[Watcher]] = {}
         self._streams: set[ChangeStream] = set()
         self._dirty: set[int] = set()
+        self._seen: dict[int, tuple[object, ...]] = {}
+        """Each watched task's version as last offered: a re-read that finds it unchanged
+        (the periodic one, mostly) wakes nobody."""
         self._woken = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: Subscription | None = None
@@ -143,6 +150,7 @@ class TaskWatch:
                 watchers.discard(watcher)
                 if not watchers:
                     del self._watchers[task_id]
+                    self._seen.pop(task_id, None)
 
     @contextlib.contextmanager
     def streaming(self, queue: str | None, name: str | None) -> Iterator[ChangeStream]:
@@ -221,8 +229,13 @@ class TaskWatch:
 
     def _deliver(self, tasks: list[Task]) -> None:
         for task in tasks:
-            for watcher in tuple(self._watchers.get(task.id, ())):
-                watcher.offer(task)
+            watchers = self._watchers.get(task.id)
+            if watchers:
+                version = (task.status, task.run_token, task.updated_at, _progress_at(task))
+                if self._seen.get(task.id) != version:
+                    self._seen[task.id] = version
+                    for watcher in tuple(watchers):
+                        watcher.offer(task)
             for stream in self._streams:
                 if stream.matches(task.queue, task.name):
                     stream.offer(task)

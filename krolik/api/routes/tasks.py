@@ -118,6 +118,8 @@ MAX_WAIT_QUERY = 3600.0
 
 def _wait_of(request: Request) -> float | None:
     """``?wait=`` of a direct route, checked as FastAPI checks the declared one."""
+    if not request.scope["query_string"]:  # nearly every submit: no parsing at all
+        return None
     raw = request.query_params.get("wait")
     if raw is None:
         return None
