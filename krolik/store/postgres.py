@@ -220,6 +220,7 @@ class PostgresTaskStore(SqlTaskStore):
     ) -> None:
         super().__init__(engine, PostgresDialect())
         cache_args = statement_cache_args(pgbouncer)
+        self.pgbouncer = pgbouncer
         self.settings: DatabaseSettings | None = None
         _, connect_args = engine.dialect.create_connect_args(engine.url)
 
@@ -249,7 +250,8 @@ class PostgresTaskStore(SqlTaskStore):
 
     def sibling(self) -> PostgresTaskStore:
         settings = self.settings or DatabaseSettings(
-            url=SecretStr(self.engine.url.render_as_string(hide_password=False))
+            url=SecretStr(self.engine.url.render_as_string(hide_password=False)),
+            pgbouncer=self.pgbouncer,
         )
         small = settings.model_copy(update={"pool_size": 1, "max_overflow": 1})
         return PostgresTaskStore.from_settings(small)

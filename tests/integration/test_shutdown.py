@@ -8,8 +8,9 @@ import asyncio
 import time
 
 from krolik.registry import Registry
+from krolik.settings import DatabaseSettings
 from krolik.states import TaskStatus
-from krolik.store.postgres import PostgresTaskStore
+from krolik.store.postgres import PostgresTaskStore, create_engine
 from krolik.store.records import NewTask
 from tests.conftest import wait_for_task
 from tests.integration.conftest import outbox_count, queue_depth, topology_of, wait_until
@@ -135,8 +136,10 @@ async def test_messages_waiting_for_a_slot_go_back_to_the_queue(
 class GatedClaims(PostgresTaskStore):
     """The real store, except that a claim, once committed, returns when the test says."""
 
-    def __init__(self, engine) -> None:
-        super().__init__(engine)
+    def __init__(self, db: DatabaseSettings) -> None:
+        # Built as from_settings builds a store, so that behind PgBouncer its own
+        # asyncpg connections cache no named statement either.
+        super().__init__(create_engine(db), pgbouncer=db.pgbouncer)
         self.committed = asyncio.Event()
         self.proceed = asyncio.Event()
 
@@ -156,7 +159,7 @@ async def test_a_claim_in_flight_when_the_worker_stops_is_released_not_stranded(
     registry = Registry()
     registry.add(long_task.run, name="stop.long")
     worker_settings = make_settings(**LONG_LEASE)
-    gated = GatedClaims(PostgresTaskStore.from_settings(settings.db).engine)
+    gated = GatedClaims(settings.db)
     try:
         first = await spawn_worker(registry, worker_settings=worker_settings, worker_store=gated)
         long_task.stuck_on.add(first.worker_id)
@@ -186,7 +189,7 @@ async def test_a_claim_that_returns_after_the_grace_is_released_at_once(
     registry = Registry()
     registry.add(long_task.run, name="stop.long")
     worker_settings = make_settings(**LONG_LEASE)
-    gated = GatedClaims(PostgresTaskStore.from_settings(settings.db).engine)
+    gated = GatedClaims(settings.db)
     try:
         first = await spawn_worker(registry, worker_settings=worker_settings, worker_store=gated)
         long_task.stuck_on.add(first.worker_id)
