@@ -109,8 +109,25 @@ async def connect_cluster(
         reconnect_interval=reconnect_interval,
         client_properties={"connection_name": connection_name},
     )
-    await connection.connect(timeout=timeout)
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        # Failed or cancelled half-way (a service stopped while connecting): closed, or
+        # its own reconnect loop would go on alone, for ever.
+        await _abandon(connection)
+        raise
     return connection
+
+
+async def _abandon(connection: AbstractRobustConnection) -> None:
+    """Close a connection nobody will use, whatever state it is in; never raises."""
+    closing = asyncio.ensure_future(connection.close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await asyncio.wait([closing])  # cancelled again: the close still completes
+    except Exception:  # noqa: S110 - it is being thrown away
+        pass
 
 
 def _with_heartbeat(url: URL, heartbeat: int | None) -> URL:

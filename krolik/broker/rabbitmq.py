@@ -553,11 +553,11 @@ class RabbitMQBroker(Broker):
                     handler(message.body)
 
                 await queue.consume(on_message, no_ack=True)
-        except (*_CONNECTION_ERRORS, BrokerUnavailable) as exc:
+        except BaseException as exc:  # cancelled too: the connection must not live on
             await _close_quietly(connection)
-            if isinstance(exc, BrokerUnavailable):
-                raise
-            raise BrokerUnavailable(f"RabbitMQ went away: {type(exc).__name__}") from None
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise BrokerUnavailable(f"RabbitMQ went away: {type(exc).__name__}") from None
+            raise
         connection.reconnect_callbacks.add(lambda *_: on_resumed())
         self._listening.add(connection)
         return RabbitNotices(connection, self._listening)

@@ -165,3 +165,25 @@ async def test_a_publisher_that_stalls_while_up_moves_to_the_next_node(
     finally:
         rabbit_proxy.thaw()
     await close_and_delete([broker], settings)
+
+
+async def test_a_listen_cancelled_at_any_moment_leaves_no_connection_behind(
+    make_broker: Any,
+) -> None:
+    """A service stopped while its notice listener connects (a quick test, a process told
+    to stop at start-up) cancels ``listen_notices`` mid-way: the connection it had begun
+    must be closed, not left reconnecting on its own forever."""
+    broker = make_broker()
+    await broker.connect()
+    ours = asyncio.current_task()
+    before = asyncio.all_tasks()
+    for delay in (0, 0.001, 0.003, 0.006, 0.01, 0.02, 0.04):
+        listening = asyncio.create_task(broker.listen_notices(lambda _body: None, lambda: None))
+        await asyncio.sleep(delay)
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            subscription = await listening
+            await subscription.cancel()  # it finished first: closed the normal way
+    await asyncio.sleep(0.2)  # give a closed connection's own tasks time to end
+    left = [t for t in asyncio.all_tasks() - before if t is not ours and not t.done()]
+    assert left == [], f"tasks of abandoned connections still run: {left}"
