@@ -55,6 +55,10 @@ class Observer:
         """The relay could not publish a batch of ``count`` (0: it could not even
         connect); it will try again."""
 
+    def webhook_attempted(self, outcome: str, seconds: float) -> None:
+        """One try of a webhook delivery: ``delivered``, ``retried`` (it will be tried
+        again) or ``failed`` (given up); ``seconds`` the request's time."""
+
 
 class Observers(Observer):
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
@@ -102,3 +106,6 @@ class Observers(Observer):
 
     def tasks_redispatched(self, count: int) -> None:
         self._call("tasks_redispatched", count)
+
+    def webhook_attempted(self, outcome: str, seconds: float) -> None:
+        self._call("webhook_attempted", outcome, seconds)

@@ -38,6 +38,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreGauges"]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 DEAD_LETTER_REASONS = ("malformed", "unknown_handler", "missing_task")  # what the worker reports
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -89,6 +90,20 @@ class Metrics(Observer):
             "krolik_tasks_redispatched",
             "Due tasks sent again because their queue had lost their messages.",
             [],
+        )
+        self.webhooks = counter(
+            "krolik_webhook_attempts",
+            "Tries of webhook deliveries, by outcome (delivered, retried, failed: given up).",
+            ["outcome"],
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome)
+        self.webhook_latency = Histogram(
+            "krolik_webhook_request_duration_seconds",
+            "Time of one webhook request, until its answer or failure.",
+            [],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
         )
         self.loop_blocked = Histogram(
             "krolik_worker_event_loop_blocked_seconds",
@@ -180,6 +195,10 @@ class Metrics(Observer):
 
     def tasks_redispatched(self, count: int) -> None:
         self.redispatched.inc(count)
+
+    def webhook_attempted(self, outcome: str, seconds: float) -> None:
+        self.labelled(self.webhooks, outcome).inc()
+        self.webhook_latency.observe(seconds)
 
     # -- exposition ------------------------------------------------------------------
     def exposition(self, extra: Collector | None = None) -> bytes:

@@ -8,6 +8,9 @@ The mode picks the store and broker (production: PostgreSQL and RabbitMQ; embedd
 * ``worker``: a worker and the lease rescuer;
 * ``relay``: an outbox relay of its own.
 
+Wherever a relay runs, the webhook sender runs beside it: both send on what the
+database holds (the outbox, the deliveries) and scale the same way.
+
 ``start`` and ``stop`` bring them up and down in order: the store, then the broker's
 users, then the loops; the reverse on the way down. Every process (``krolik api``,
 ``worker``, ``relay``, ``dev``) and every test app is a node; nothing else builds a
@@ -34,6 +37,7 @@ from krolik.relay import OutboxRelay
 from krolik.results.notices import ChangeNotices
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
+from krolik.tracing import build_tracing
 
 if TYPE_CHECKING:
     from krolik.access import KeyCache
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
     from krolik.results.watch import TaskWatch
     from krolik.store.replica import ReplicaReads, StatusReads
     from krolik.submit import Submitter
+    from krolik.tracing.spans import TaskSpans
+    from krolik.webhooks.sender import WebhookSender
     from krolik.worker import Worker
 
 log = get_logger(__name__)
@@ -119,6 +125,7 @@ class ApiServices:
     watch: TaskWatch
     """Wakes the requests that wait for tasks or follow them."""
     replica: ReplicaReads | None = None
+    tracing: TaskSpans | None = None
 
 
 @dataclass
@@ -133,6 +140,7 @@ class Node:
     relay: OutboxRelay | None = None
     worker: Worker | None = None
     rescuer: LeaseRescuer | None = None
+    webhooks: WebhookSender | None = None
     owned: list[TaskStore | Broker] = field(default_factory=list)
     """What the node built itself and so closes; what it was given, its giver closes."""
     _started: bool = field(default=False, init=False, repr=False)
@@ -158,6 +166,9 @@ class Node:
         the_store = store or build_store(settings, mode)
         the_broker = broker or build_broker(settings, mode)
         observer = Observers([the_metrics, ChangeNotices(the_broker)])
+        tracing = build_tracing(settings.tracing)
+        if tracing is not None:
+            observer.add(tracing)
         node = cls(
             settings,
             mode,
@@ -168,20 +179,32 @@ class Node:
             owned=[made for made, given in ((the_broker, broker), (the_store, store)) if not given],
         )
         if Role.RELAY in roles or (Role.API in roles and settings.relay.enabled):
+            from krolik.webhooks.sender import WebhookSender
+
             node.relay = OutboxRelay(the_store, the_broker, settings.relay, observer)
+            node.webhooks = WebhookSender(
+                the_store, the_broker, settings.webhooks, observer, tracing=tracing
+            )
         if Role.API in roles:
             from krolik.access import KeyCache
             from krolik.metrics import StoreGauges
             from krolik.rate_limit import RateLimiter
             from krolik.results.watch import TaskWatch
             from krolik.submit import Submitter
+            from krolik.webhooks.targets import WebhookTargets
 
             replica = _build_replica(settings, mode, the_store)
             reads: StatusReads = replica or the_store
             if replica is not None:
                 node.owned.append(replica.replica)
             node.api = ApiServices(
-                submitter=Submitter(the_store, settings.api, relay=node.relay, observer=observer),
+                submitter=Submitter(
+                    the_store,
+                    settings.api,
+                    relay=node.relay,
+                    observer=observer,
+                    webhooks=WebhookTargets(settings.webhooks),
+                ),
                 keys=KeyCache(settings.auth.cache_seconds),
                 rate_limiter=RateLimiter(settings.rate_limit),
                 gauges=StoreGauges(
@@ -193,6 +216,7 @@ class Node:
                 reads=reads,
                 watch=TaskWatch(the_store, the_broker, settings.results),
                 replica=replica,
+                tracing=tracing,
             )
         if Role.WORKER in roles:
             from krolik.maintenance import LeaseRescuer
@@ -231,6 +255,8 @@ class Node:
             self.rescuer.start()
         if self.api is not None:
             await self.api.watch.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if self.relay is not None:
             self.relay.start()
         elif self.api is not None:
@@ -249,6 +275,8 @@ class Node:
             await self.rescuer.stop()
         if self.relay is not None:
             await self.relay.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self._connector is not None:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,9 +8,9 @@ Names keep the seed's shape: prefix ``APP__`` and ``__`` between sections, so
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -199,6 +199,51 @@ class ResultsSettings(BaseModel):
     """An event stream quiet for this long gets a comment line, so proxies keep it open."""
 
 
+class WebhookSettings(BaseModel):
+    """Calling a URL of the user's when a task ends (``webhook_url``)."""
+
+    queue_urls: dict[str, str] = Field(default_factory=dict)
+    """The webhook of each queue's tasks that name none of their own."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Where webhooks may go: host names (``hooks.example.com``, ``*.example.com``) and
+    networks (``10.1.0.0/16``, ``127.0.0.1/32``). Empty: any host on a public address.
+    An internal address (loopback, private, link-local, ...) is refused unless an entry
+    names it, whether it is in the URL or what the host name resolves to."""
+    signing_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Key id -> secret. Every delivery is signed with ``signing_key_id``'s secret; the
+    others stay known for rotation (a receiver verifies with whichever id it is told)."""
+    signing_key_id: str | None = None
+    """The key that signs; None: the only one (or the first, in order, of several)."""
+    retry_for_seconds: float = Field(86400.0, gt=0)
+    """How long a delivery that keeps failing is tried again, from the task's end."""
+    backoff_base_seconds: float = Field(1.0, gt=0)
+    """The wait after a delivery's first failed try; it doubles after each one ..."""
+    backoff_max_seconds: float = Field(3600.0, gt=0)
+    """... up to this."""
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    """One request's time to connect, send and be answered."""
+    concurrency: int = Field(32, ge=1, le=1000)
+    """Requests in flight at once, per sending process."""
+    poll_seconds: float = Field(1.0, gt=0)
+    """How often the sender looks for due deliveries without being woken."""
+
+    @model_validator(mode="after")
+    def _key_known(self) -> Self:
+        if self.signing_key_id is not None and self.signing_key_id not in self.signing_keys:
+            raise ValueError(f"signing_key_id {self.signing_key_id!r} is not in signing_keys")
+        return self
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans of submits, runs and webhook calls (the ``otel`` extra)."""
+
+    enabled: bool = False
+    """Make spans; without the extra installed, a warning and none."""
+    service_name: str | None = None
+    """The ``service.name`` of a tracer provider Krolik sets up itself (when the process
+    has none configured): ``OTEL_SERVICE_NAME``, else ``krolik``."""
+
+
 class EmbeddedSettings(BaseModel):
     """The embedded mode (``krolik dev``): SQLite file and in-process broker."""
 
@@ -228,6 +273,8 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)

@@ -57,6 +57,16 @@ class AttemptOutcome(StrEnum):
     """The lease ran out (the worker died or stalled); the rescuer took the task."""
 
 
+class DeliveryState(StrEnum):
+    """Where one webhook delivery (one ended task, one URL) stands."""
+
+    PENDING = "pending"
+    """Not answered with a 2xx yet; tried again until its time runs out."""
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    """Given up: its time ran out, or its URL is not allowed."""
+
+
 class Transition(StrEnum):
     CLAIM = "claim"
     COMPLETE = "complete"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from krolik.batching import MicroBatcher
 from krolik.errors import IdempotencyConflict, QueueFull, SubmissionRefused
@@ -20,6 +21,7 @@ from krolik.relay import OutboxRelay, handing_over
 from krolik.settings import ApiSettings
 from krolik.store.base import TaskStore
 from krolik.store.records import Enqueued, NewTask
+from krolik.webhooks.targets import WebhookTargets
 
 COUNT_TTL_SECONDS = 1.0
 """Counts of pending tasks are reused this long: a burst may overshoot the bound by what
@@ -62,8 +64,10 @@ class Submitter:
         *,
         relay: OutboxRelay | None = None,
         observer: Observer | None = None,
+        webhooks: WebhookTargets | None = None,
     ) -> None:
         self.store = store
+        self.webhooks = webhooks
         self.relay = relay
         self.observer = observer or Observer()
         self.admission = Admission(settings)
@@ -74,6 +78,7 @@ class Submitter:
     async def submit(self, new: NewTask) -> Enqueued:
         """One task, in a transaction shared with the concurrent ones. Raises
         ``IdempotencyConflict`` for a key seen before with another request."""
+        new = self._with_webhook(new)
         await self.admission.admit(self.store, new.queue)
         committer = self._plain if new.idempotency_key is None else self._keyed
         enqueued = await committer.submit(new)
@@ -92,6 +97,7 @@ class Submitter:
             raise SubmissionRefused(
                 f"a batch holds at most {self.max_batch_size} tasks, not {len(new_tasks)}"
             )
+        new_tasks = [self._with_webhook(new) for new in new_tasks]
         for queue in sorted({new.queue for new in new_tasks}):
             await self.admission.admit(self.store, queue)
         enqueued = await self.store.enqueue(
@@ -99,6 +105,17 @@ class Submitter:
         )
         self._submitted(enqueued)
         return enqueued
+
+    def _with_webhook(self, new: NewTask) -> NewTask:
+        """The task with its queue's webhook if it names none, the URL checked against
+        the allow-list (``ForbiddenWebhook``, a 422, when refused)."""
+        if self.webhooks is None:
+            return new
+        url = new.webhook_url or self.webhooks.settings.queue_urls.get(new.queue)
+        if url is None:
+            return new
+        self.webhooks.check(url)
+        return new if url == new.webhook_url else replace(new, webhook_url=url)
 
     async def _commit(self, new_tasks: Sequence[NewTask]) -> Sequence[Enqueued]:
         return await self.store.enqueue(new_tasks, claim_outbox_seconds=handing_over(self.relay))

@@ -141,6 +141,10 @@ def run_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+WEBHOOK_KEY_ID = "test"
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
 def test_settings(database: str, run_id: str, **overrides: Any) -> Settings:
     """Settings with short timings, so leases, retries and polls play out in a test."""
     values: dict[str, Any] = {
@@ -166,6 +170,15 @@ def test_settings(database: str, run_id: str, **overrides: Any) -> Settings:
         },
         "relay": {"poll_seconds": 0.05, "claim_seconds": 2},
         "maintenance": {"rescue_interval_seconds": 0.2, "redispatch_after_seconds": 60},
+        # Webhooks go to receivers the tests run on 127.0.0.1, signed with a known key,
+        # and come back quickly after a failed try.
+        "webhooks": {
+            "allowed_hosts": ["127.0.0.1/32"],
+            "signing_keys": {WEBHOOK_KEY_ID: WEBHOOK_SECRET},
+            "poll_seconds": 0.2,
+            "backoff_base_seconds": 0.05,
+            "backoff_max_seconds": 0.2,
+        },
     }
     for section, value in overrides.items():
         if isinstance(value, dict):

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from krolik.states import AttemptOutcome, TaskStatus
-from krolik.store.records import Attempt, Task
+from krolik.states import AttemptOutcome, DeliveryState, TaskStatus
+from krolik.store.records import Attempt, Delivery, Task
 
 MAX_JSON_DEPTH = 32
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"
@@ -64,6 +64,19 @@ class TaskCreate(BaseModel):
     run_at: datetime | None = None
     delay_seconds: Annotated[float, Field(ge=0, le=366 * 86400)] | None = None
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    webhook_url: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=2048,
+                description="Where to POST the task's record, signed, when it ends (an "
+                "http(s) URL the allow-list APP__WEBHOOKS__ALLOWED_HOSTS accepts). Without "
+                "it, the queue's webhook of APP__WEBHOOKS__QUEUE_URLS, if any.",
+            ),
+        ]
+        | None
+    ) = None
 
     @field_validator("payload")
     @classmethod
@@ -71,7 +84,7 @@ class TaskCreate(BaseModel):
         check_json(value)
         return value
 
-    @field_validator("idempotency_key")
+    @field_validator("idempotency_key", "webhook_url")
     @classmethod
     def _key_storable(cls, value: str | None) -> str | None:
         return no_nul(value)
@@ -133,6 +146,7 @@ class TaskOut(BaseModel):
     progress: Progress | None = Field(
         None, description="What the running handler last reported (``context.progress``)."
     )
+    webhook_url: str | None = Field(None, description="Called when the task ends.")
 
     @classmethod
     def of(cls, task: Task) -> Self:
@@ -169,6 +183,9 @@ class TaskCreated(TaskOut):
 
 class TaskDetail(TaskOut):
     traceback: str | None
+    traceparent: str | None = Field(
+        None, description="The W3C trace context the task was submitted with, if any."
+    )
     waiting_reason: str | None = Field(
         None, description="Why a pending task is not running yet; null for other states."
     )
@@ -206,6 +223,48 @@ class AttemptOut(BaseModel):
 
 class AttemptList(BaseModel):
     items: list[AttemptOut] = Field(description="Oldest first; a running attempt comes last.")
+
+
+class DeliveryOut(BaseModel):
+    id: int = Field(description="Sent as the Krolik-Delivery header, the same on every try.")
+    url: str
+    run: int = Field(description="The run that ended the task (its fencing token).")
+    task_status: TaskStatus = Field(description="How the task ended.")
+    state: DeliveryState = Field(
+        description="pending: not answered 2xx yet, tried again; delivered; failed: given up."
+    )
+    attempts: int
+    created_at: datetime = Field(description="When the task ended.")
+    next_attempt_at: datetime | None = Field(description="When it is tried next, if pending.")
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    status_code: int | None = Field(description="The last try's HTTP status; null: no answer.")
+    error: str | None = Field(description="Why the last try failed.")
+    seconds: float | None = Field(description="How long the last try took.")
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> Self:
+        return cls(
+            id=delivery.id,
+            url=delivery.url,
+            run=delivery.run_token,
+            task_status=delivery.task_status,
+            state=delivery.state,
+            attempts=delivery.attempts,
+            created_at=delivery.created_at,
+            next_attempt_at=delivery.next_attempt_at
+            if delivery.state is DeliveryState.PENDING
+            else None,
+            last_attempt_at=delivery.last_attempt_at,
+            delivered_at=delivery.delivered_at,
+            status_code=delivery.status_code,
+            error=delivery.error,
+            seconds=delivery.seconds,
+        )
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut] = Field(description="Oldest first.")
 
 
 class TaskPage(BaseModel):

@@ -15,6 +15,8 @@ from krolik.states import TaskStatus
 from krolik.store.records import (
     ApiKey,
     Attempt,
+    Delivery,
+    DeliveryAnswer,
     Enqueued,
     NewTask,
     OutboxEntry,
@@ -270,3 +272,20 @@ class TaskStore(ABC):
     @abstractmethod
     async def delete_outbox(self, entry_ids: Sequence[int]) -> None:
         """Forget outbox rows whose publishing the broker confirmed."""
+
+    # -- webhooks --------------------------------------------------------------------
+    # Delivery rows are written by the database itself, in the statement that ends a task
+    # with a webhook_url (a trigger), so every path to a final state writes one.
+    @abstractmethod
+    async def claim_deliveries(self, limit: int, claim_seconds: float) -> list[Delivery]:
+        """Take pending deliveries that are due for ``claim_seconds``, counting an attempt
+        each; other senders skip them meanwhile, and take them again when it runs out."""
+
+    @abstractmethod
+    async def record_deliveries(self, answers: Sequence[DeliveryAnswer]) -> list[bool]:
+        """Record how each claimed attempt went: delivered, due again later, or given up.
+        One answer per item, False where the claim was no longer the latest."""
+
+    @abstractmethod
+    async def deliveries_of(self, task_id: int) -> list[Delivery]:
+        """Every delivery of the task, oldest first."""

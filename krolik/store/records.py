@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from krolik.states import AttemptOutcome, TaskStatus
+from krolik.states import AttemptOutcome, DeliveryState, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,10 @@ class NewTask:
     request_id: str | None = None
     created_by: str | None = None
     """The caller (API key name); idempotency keys are unique per caller."""
+    webhook_url: str | None = None
+    """Where to POST the task's record when it ends (checked by the submitter)."""
+    traceparent: str | None = None
+    """The W3C trace context of the submit, if it came with one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class Task:
     finished_at: datetime | None
     progress: Any = None
     """The running handler's last report: ``{"fraction", "message", "at"}``, or None."""
+    webhook_url: str | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,42 @@ def running_attempt(task: Task) -> Attempt:
         error=None,
         traceback=None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook call of an ended task, as the store keeps it."""
+
+    id: int
+    task_id: int
+    run_token: int
+    """The run that ended the task (a task retried and ended again is called again)."""
+    url: str
+    task_status: TaskStatus
+    state: DeliveryState
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    status_code: int | None
+    error: str | None
+    seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAnswer:
+    """How one claimed attempt of a delivery went, for ``record_deliveries``."""
+
+    delivery_id: int
+    attempt: int
+    """The delivery's ``attempts`` as the claim left it: the guard of this answer."""
+    delivered: bool
+    status_code: int | None
+    error: str | None
+    seconds: float | None
+    retry_in_seconds: float | None
+    """When not delivered: try again this much later; None: give up (failed)."""
 
 
 @dataclass(frozen=True, slots=True)

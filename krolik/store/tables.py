@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from krolik.states import AttemptOutcome, TaskStatus
+from krolik.states import AttemptOutcome, DeliveryState, TaskStatus
 
 metadata = MetaData(
     naming_convention={
@@ -39,6 +39,7 @@ JsonValue = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
 _status_list = ", ".join(f"'{s.value}'" for s in TaskStatus)
 _outcome_list = ", ".join(f"'{o.value}'" for o in AttemptOutcome)
+_delivery_state_list = ", ".join(f"'{d.value}'" for d in DeliveryState)
 
 tasks = Table(
     "krolik_tasks",
@@ -80,6 +81,12 @@ tasks = Table(
     # What the current run's handler last said of itself (fraction, message, at), written
     # at most once a second per task; a new claim clears it.
     Column("progress", JsonValue, nullable=True),
+    # Where Krolik POSTs the task's record when it ends (a delivery row is written by a
+    # trigger in the statement that ends it: see krolik_deliveries).
+    Column("webhook_url", Text, nullable=True),
+    # The W3C trace context the submit came with: the spans of its runs (with the
+    # OpenTelemetry extra) are its children.
+    Column("traceparent", Text, nullable=True),
     CheckConstraint(f"status IN ({_status_list})", name="status"),
     CheckConstraint("attempts >= 0", name="attempts"),
     CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
@@ -148,6 +155,42 @@ attempts = Table(
     Column("retry_at", Timestamp, nullable=True),
     CheckConstraint(f"outcome IN ({_outcome_list})", name="outcome"),
     Index("ix_krolik_attempts_task_id_run_token", "task_id", "run_token"),
+)
+
+deliveries = Table(
+    "krolik_deliveries",
+    metadata,
+    # One row per end of a task that names a webhook_url, written by the trigger
+    # krolik_tasks_webhook (migration 0007) in the very statement that ends the task, so
+    # no path to a final state can forget it and no crash can lose it: the outbox of
+    # webhooks. A sender claims due rows (``claimed_until``, SKIP LOCKED), POSTs, and
+    # records the answer guarded by ``attempts``, which each claim counts up.
+    Column("id", Id, Identity(), primary_key=True),
+    Column("task_id", Id, ForeignKey(tasks.c.id, ondelete="CASCADE"), nullable=False),
+    Column("run_token", BigInteger, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("task_status", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", Timestamp, nullable=False),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("claimed_until", Timestamp, nullable=True),
+    Column("last_attempt_at", Timestamp, nullable=True),
+    Column("delivered_at", Timestamp, nullable=True),
+    # The last attempt's answer: its HTTP status (None: no answer), why it failed, and
+    # how long it took.
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("seconds", Float, nullable=True),
+    CheckConstraint(f"state IN ({_delivery_state_list})", name="state"),
+    Index("ix_krolik_deliveries_task_id", "task_id"),
+    Index(
+        "ix_krolik_deliveries_pending_next_attempt_at",
+        "next_attempt_at",
+        postgresql_where=text("state = 'pending'"),
+        sqlite_where=text("state = 'pending'"),
+    ),
+    sqlite_autoincrement=True,
 )
 
 api_keys = Table(

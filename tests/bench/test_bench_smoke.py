@@ -53,6 +53,11 @@ RUNS: dict[str, tuple[str, list[str], set[str]]] = {
         ["--rate", "20", "--duration", "2", "--warmup", "0.5", "--timeout", "60"],
         {"completion_ms", "client_to_done_ms", "queue_wait_ms", "http_response_ms"},
     ),
+    "webhooks": (
+        "webhooks.py",
+        ["--tasks", "200", "--rate", "20", "--duration", "1", "--down-seconds", "0.5"],
+        {"completion_to_delivery_ms", "volume_received", "wrong_url", "invalid_signatures"},
+    ),
 }
 COMMON_KEYS = {"bench", "mode", "ok", "cpu_cores", "machine"}
 # Every script on PostgreSQL + RabbitMQ; the two the README also runs embedded, embedded.

@@ -52,7 +52,8 @@ async def postgres_store(postgres_engine_store: PostgresTaskStore) -> PostgresTa
     async with postgres_engine_store.engine.begin() as conn:
         await conn.execute(
             text(
-                "TRUNCATE krolik_outbox, krolik_attempts, krolik_tasks, krolik_workers, "
+                "TRUNCATE krolik_outbox, krolik_attempts, krolik_deliveries, krolik_tasks, "
+                "krolik_workers, "
                 "krolik_api_keys "
                 "RESTART IDENTITY CASCADE"
             )

@@ -40,6 +40,8 @@ NOT_TRANSITIONS = {
     "unregister_worker", "prune_workers",
     # what a running handler reports of itself
     "record_progress",
+    # webhook deliveries: their own rows, each answer guarded by its claim's attempt
+    "claim_deliveries", "record_deliveries", "deliveries_of",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip

@@ -49,7 +49,7 @@ def _env_value(value: Any) -> str:
     if isinstance(value, Enum):
         return str(value.value)
     if isinstance(value, list | dict):
-        return json.dumps(value)
+        return json.dumps(value, default=_env_value)
     return str(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -39,6 +40,8 @@ from krolik.api.schemas import (
     QUEUE_PATTERN,
     AttemptList,
     AttemptOut,
+    DeliveryList,
+    DeliveryOut,
     Problem,
     TaskBatch,
     TaskBatchCreated,
@@ -55,6 +58,7 @@ from krolik.log import current_request_id
 from krolik.settings import Settings
 from krolik.states import TaskStatus
 from krolik.store.records import NewTask, TaskFilter, running_attempt
+from krolik.tracing import valid_traceparent
 from krolik.waiting import waiting_reason
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=GUARDED_RESPONSES)
@@ -101,7 +105,14 @@ async def _create(request: Request) -> Response:
     wait = _wait_of(request)
     body = await read_json_body(request, TaskCreate)
     settings = settings_of(request)
-    enqueued = await submitter_of(request).submit(_new_task(body, settings, caller))
+    traceparent = valid_traceparent(request.headers.get("traceparent"))
+    tracing = api_of(request).tracing
+    if tracing is None or traceparent is None:
+        new = _new_task(body, settings, caller, traceparent)
+        enqueued = await submitter_of(request).submit(new)
+    else:
+        with tracing.submitting(traceparent) as stored:
+            enqueued = await submitter_of(request).submit(_new_task(body, settings, caller, stored))
     task = enqueued.task
     if wait:
         task = await api_of(request).watch.wait_final(task.id, wait) or task
@@ -154,9 +165,14 @@ async def create_batch(
     request: Request,
 ) -> TaskBatchCreated:
     settings = settings_of(request)
-    enqueued = await submitter_of(request).submit_many(
-        [_new_task(item, settings, caller) for item in body.tasks]
-    )
+    traceparent = valid_traceparent(request.headers.get("traceparent"))
+    tracing = api_of(request).tracing
+    with (
+        tracing.submitting(traceparent) if tracing is not None else nullcontext(traceparent)
+    ) as stored:
+        enqueued = await submitter_of(request).submit_many(
+            [_new_task(item, settings, caller, stored) for item in body.tasks]
+        )
     return TaskBatchCreated(
         task_ids=[item.task.id for item in enqueued], created=[item.created for item in enqueued]
     )
@@ -170,7 +186,9 @@ def request_fingerprint(body: TaskCreate) -> str:
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _new_task(body: TaskCreate, settings: Settings, caller: Principal) -> NewTask:
+def _new_task(
+    body: TaskCreate, settings: Settings, caller: Principal, traceparent: str | None = None
+) -> NewTask:
     return NewTask(
         request_hash=request_fingerprint(body) if body.idempotency_key is not None else None,
         name=body.name or DEFAULT_TASK_NAME,
@@ -183,6 +201,8 @@ def _new_task(body: TaskCreate, settings: Settings, caller: Principal) -> NewTas
         idempotency_key=body.idempotency_key,
         request_id=current_request_id.get(),
         created_by=caller.name,
+        webhook_url=body.webhook_url,
+        traceparent=traceparent,
     )
 
 
@@ -313,6 +333,21 @@ async def list_attempts(task_id: TaskId, store: StoreDep, _: ReadAccess) -> Atte
     if task.status is TaskStatus.PROCESSING:
         ended.append(running_attempt(task))
     return AttemptList(items=[AttemptOut.of(attempt) for attempt in ended])
+
+
+@router.get(
+    "/{task_id}/deliveries",
+    response_model=DeliveryList,
+    responses={404: ERRORS[404]},
+    summary="The webhook calls of a task",
+    description="One delivery per end of the task (a task retried and ended again is "
+    "called again), with its tries so far and the last answer, oldest first.",
+)
+async def list_deliveries(task_id: TaskId, store: StoreDep, _: ReadAccess) -> DeliveryList:
+    if await store.get(task_id) is None:
+        raise TaskNotFound(f"task {task_id} does not exist")
+    found = await store.deliveries_of(task_id)
+    return DeliveryList(items=[DeliveryOut.of(delivery) for delivery in found])
 
 
 @router.post(

@@ -8,6 +8,7 @@ rows (``store/postgres.py``, ``store/sqlite.py``), plus ``sibling``.
 from __future__ import annotations
 
 from krolik.store.base import TaskStore
+from krolik.store.sql.deliveries import DeliveryStatements
 from krolik.store.sql.keys import KeyStatements
 from krolik.store.sql.maintenance import MaintenanceStatements
 from krolik.store.sql.outbox import OutboxStatements
@@ -25,6 +26,7 @@ class SqlTaskStore(
     KeyStatements,
     WorkerStatements,
     StatsStatements,
+    DeliveryStatements,
     TaskStore,
 ):
     """The store over a SQLAlchemy async engine; the subclass of each database adds

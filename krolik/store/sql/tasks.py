@@ -100,6 +100,8 @@ class TaskStatements(SqlCore):
             "request_hash": new.request_hash if keyed else None,
             "request_id": new.request_id,
             "created_by": new.created_by,
+            "webhook_url": new.webhook_url,
+            "traceparent": new.traceparent,
             "p_run_at": new.run_at.astimezone(UTC) if new.run_at is not None else None,
             "p_delay": float(new.delay_seconds or 0),
         }
