@@ -28,7 +28,15 @@ from krolik.store.postgres import PostgresTaskStore
 from krolik.store.sql.store import SqlTaskStore
 from krolik.store.tables import outbox, tasks
 from krolik.worker import Worker
-from tests.conftest import AMQP_URL, PG_HOST, PG_PORT, close_and_delete, pg_url, test_settings
+from tests.conftest import (
+    AMQP_URL,
+    BEHIND_PGBOUNCER,
+    PG_HOST,
+    PG_PORT,
+    close_and_delete,
+    pg_url,
+    test_settings,
+)
 from tests.support.proxy import TcpProxy
 from tests.support.waiting import Condition, wait_until  # noqa: F401
 
@@ -198,6 +206,7 @@ async def proxied_store(pg_database: str, pg_proxy: TcpProxy) -> AsyncIterator[P
             url=pg_url(pg_database, host="127.0.0.1", port=pg_proxy.port),  # type: ignore[arg-type]
             pool_size=2,
             connect_timeout_seconds=2,
+            pgbouncer=BEHIND_PGBOUNCER,  # the proxy may lead to PgBouncer (cluster tests)
         )
     )
     yield the_store

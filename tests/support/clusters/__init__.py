@@ -138,7 +138,10 @@ class RabbitCluster:
         while True:
             try:
                 status = json.loads(self.ctl(ask, "cluster_status", "--formatter", "json"))
-                if len(status.get("running_nodes", [])) >= count:
+                # A node counts once it takes AMQP connections too: its listener opens a
+                # moment after the node reports itself running.
+                listening = sum(_listening(self.port(n)) for n in range(1, self.nodes + 1))
+                if len(status.get("running_nodes", [])) >= count and listening >= count:
                     return
             except (ClusterError, subprocess.TimeoutExpired, ValueError):
                 pass
@@ -380,3 +383,12 @@ http {{
             return (self.base / "error.log").read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
