@@ -9,9 +9,9 @@ the receiver dies in the middle of a run.
 What it does, in one run (see bench/common.py for the deployment):
   * a receiver process on 127.0.0.1 writes down every call it gets (path, delivery id,
     task id, arrival time, whether the signature verifies) and answers 200;
-  * latency: tasks that name a webhook, submitted at ``--rate`` per second for
-    ``--duration``; arrival (receiver clock) minus ``finished_at`` (the database's clock,
-    same machine), p50 / p95 / p99;
+  * latency: after ``--warmup`` seconds of the same, not counted, tasks that name a
+    webhook, submitted at ``--rate`` per second for ``--duration``; arrival (receiver
+    clock) minus ``finished_at`` (the database's clock, same machine), p50 / p95 / p99;
   * volume: ``--tasks`` tasks, each with a URL of its own, submitted in batches; once
     ``--kill-at`` of them have arrived the receiver is killed -9 and started again after
     ``--down-seconds``. Then every task must have been delivered (the store says so), each
@@ -132,7 +132,9 @@ class Receiver:
 
 
 # -- the phases -------------------------------------------------------------------------
-async def latency_phase(url: str, receiver: Receiver, rate: float, seconds: float) -> list[int]:
+async def latency_phase(
+    url: str, receiver: Receiver, rate: float, seconds: float, prefix: str = "/latency"
+) -> list[int]:
     ids: list[int] = []
     async with httpx.AsyncClient(timeout=30) as client:
         began = time.monotonic()
@@ -141,7 +143,7 @@ async def latency_phase(url: str, receiver: Receiver, rate: float, seconds: floa
             pause = began + n / rate - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
-            body = {"payload": n, "webhook_url": receiver.url(f"/latency/{n}")}
+            body = {"payload": n, "webhook_url": receiver.url(f"{prefix}/{n}")}
             response = await client.post(f"{url}/tasks/", json=body)
             response.raise_for_status()
             ids.append(response.json()["task_id"])
@@ -189,6 +191,9 @@ async def bench(args: argparse.Namespace) -> int:
         _, url = await deployment.start_api(concurrency=args.concurrency)
         if not deployment.embedded:
             deployment.start_worker(args.concurrency)
+        # Warm-up: the worker consuming, every path's connections open; not counted.
+        warm = await latency_phase(url, receiver, args.rate, args.warmup, prefix="/warm")
+        await wait_calls(receiver, set(warm), 60)
         meter = CpuMeter(deployment.roles)
         meter.start()
         say(BENCH, f"latency: {args.rate:g} tasks/s for {args.duration:g}s")
@@ -296,6 +301,7 @@ def main() -> int:
     add_common_args(parser)
     parser.add_argument("--rate", type=float, default=100.0, help="tasks/s of the latency phase")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of the latency phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds, not counted")
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks of the volume phase")
     parser.add_argument("--kill-at", type=float, default=0.3, help="share received, then kill")
     parser.add_argument("--down-seconds", type=float, default=3.0)

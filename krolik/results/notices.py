@@ -31,18 +31,28 @@ class TaskChange:
     task_id: int
     queue: str
     name: str
+    webhook: bool = False
+    """The change may have ended a task that names a webhook: the senders look now."""
 
 
 def encode_changes(changes: Sequence[TaskChange]) -> bytes:
-    return orjson.dumps([[change.task_id, change.queue, change.name] for change in changes])
+    return orjson.dumps(
+        [
+            [c.task_id, c.queue, c.name, 1] if c.webhook else [c.task_id, c.queue, c.name]
+            for c in changes
+        ]
+    )
 
 
 def decode_changes(body: bytes) -> list[TaskChange]:
     """The changes of a notice; a body that is not one gives none (it is only a hint)."""
     try:
         items = orjson.loads(body)
-        return [TaskChange(int(i), str(q), str(n)) for i, q, n in items]
-    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return [
+            TaskChange(int(item[0]), str(item[1]), str(item[2]), len(item) > 3 and bool(item[3]))
+            for item in items
+        ]
+    except (orjson.JSONDecodeError, TypeError, ValueError, IndexError, KeyError):
         log.warning("notice_unreadable", size=len(body))
         return []
 
@@ -67,10 +77,14 @@ class ChangeNotices(Observer):
         self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def changed(self, task: Task, *, urgent: bool = True) -> None:
-        self._gather(TaskChange(task.id, task.queue, task.name), urgent=urgent)
+    def changed(self, task: Task, *, urgent: bool = True, ended: bool = False) -> None:
+        hooked = ended and task.webhook_url is not None
+        self._gather(TaskChange(task.id, task.queue, task.name, hooked), urgent=urgent)
 
     def _gather(self, change: TaskChange, *, urgent: bool = True) -> None:
+        earlier = self._pending.get(change.task_id)
+        if earlier is not None and earlier.webhook and not change.webhook:
+            change = earlier  # what a webhook sender must hear of is kept
         self._pending[change.task_id] = change
         if self._sender is not None and not self._sender.done():
             return  # the sender takes it with what it sends next
@@ -117,10 +131,12 @@ class ChangeNotices(Observer):
         self.changed(task, urgent=False)
 
     def task_finished(self, task: Task, result: str, seconds: float) -> None:
-        self.changed(task)
+        self.changed(task, ended=result not in ("retried", "released"))
 
     def task_changed(self, task: Task) -> None:
-        self.changed(task)
+        self.changed(task, ended=task.status.is_final)
 
     def task_rescued(self, rescued: RescuedTask) -> None:
-        self._gather(TaskChange(rescued.task_id, rescued.queue, rescued.name))
+        # The rescue does not say whether the task names a webhook: a final one may.
+        ended = rescued.status.is_final
+        self._gather(TaskChange(rescued.task_id, rescued.queue, rescued.name, ended))

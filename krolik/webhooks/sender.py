@@ -10,8 +10,9 @@ runs out (``retry_for_seconds``, 24 h by default); a URL that is not allowed is 
 at once. Requests run concurrently (``concurrency``) and apart from the workers: a slow
 or dead endpoint holds one slot per try until its timeout, and never holds up a task.
 
-A sender runs wherever an outbox relay runs. It wakes on every change notice (a task
-may just have ended) and polls every ``poll_seconds`` in case a notice was lost.
+A sender runs wherever an outbox relay runs. It wakes on a change notice that says a
+task with a webhook may have ended, and polls every ``poll_seconds`` in case a notice
+was lost.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from krolik.broker.base import Broker, Subscription
 from krolik.errors import BrokerUnavailable, StoreError
 from krolik.events import Observer
 from krolik.log import get_logger
+from krolik.results.notices import decode_changes
 from krolik.service import LoopService
 from krolik.settings import WebhookSettings
 from krolik.store.base import TaskStore
@@ -131,12 +133,16 @@ class WebhookSender(LoopService):
     async def _listen(self) -> None:
         while self._listener is None:
             try:
-                self._listener = await self.broker.listen_notices(
-                    lambda _body: self.wake(), self.wake
-                )
+                self._listener = await self.broker.listen_notices(self._notice, self.wake)
             except BrokerUnavailable as exc:
                 log.warning("webhooks_not_listening", error=str(exc))
                 await asyncio.sleep(RECONNECT_SECONDS)
+
+    def _notice(self, body: bytes) -> None:
+        """Look now only when a change may have ended a task that names a webhook: every
+        submit and start would cost a claim statement each, for nothing."""
+        if any(change.webhook for change in decode_changes(body)):
+            self.wake()
 
     # -- the loop ----------------------------------------------------------------------
     async def tick(self) -> bool:

@@ -91,7 +91,7 @@ async def test_a_change_notice_wakes_the_sender_long_before_its_poll(
     assert await any_store.complete(run, None)
     # Until the sender listens, a notice goes nowhere: send until one gets through.
     for _ in range(100):
-        notices.changed(await any_store.get(task.id))  # type: ignore[arg-type]
+        notices.changed(await any_store.get(task.id), ended=True)  # type: ignore[arg-type]
         await notices.flush()
         try:
             await receiver.wait_for(1, timeout=0.1)
@@ -184,3 +184,26 @@ async def _forget_claims(store: TaskStore) -> None:
     assert isinstance(store, SqlTaskStore)
     async with store.engine.begin() as conn:
         await conn.execute(update(deliveries).values(claimed_until=None))
+
+
+async def test_notices_of_submits_and_starts_do_not_wake_the_sender(
+    any_store: TaskStore, senders: list[WebhookSender]
+) -> None:
+    """Each would cost a claim statement for nothing; only an end may make a delivery."""
+    broker = MemoryBroker()
+    await broker.connect()
+    sender = start(senders, any_store, broker, poll_seconds=60)
+    while sender._listener is None:
+        await sender.wait_tick()
+    await sender.wait_tick()  # whatever listening itself set off is over
+    notices = ChangeNotices(broker)
+    task = await add(any_store, webhook_url="http://127.0.0.1:9/hook")
+    sender.ticked.clear()
+    notices.task_submitted(task)
+    notices.task_started(task)
+    await notices.flush()
+    await asyncio.sleep(0.1)  # a tick, had it been woken, is over by now
+    assert not sender.ticked.is_set()
+    notices.changed(task, ended=True)
+    await notices.flush()
+    await asyncio.wait_for(sender.ticked.wait(), 5)
