@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -68,14 +69,16 @@ async def production_client(
     return api
 
 
-@pytest.fixture
-async def embedded_client(
-    sqlite_template: Path, tmp_path: Path, run_id: str
+@contextlib.asynccontextmanager
+async def embedded_app(
+    template: Path, folder: Path, run_id: str, registry: Registry, **overrides: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    data = tmp_path / "krolik.sqlite3"
-    shutil.copyfile(sqlite_template, data)  # migrated already: start-up stays quick
-    settings = settings_for_tests("unused", run_id, embedded={"path": str(data)})
-    embedded = Embedded.build(settings, builtin_registry.merged(handlers))
+    """A client on ``krolik dev``'s node (SQLite in ``folder``, copied from the migrated
+    ``template`` so start-up stays quick), with settings ``overrides``."""
+    data = folder / "krolik.sqlite3"
+    shutil.copyfile(template, data)
+    settings = settings_for_tests("unused", run_id, embedded={"path": str(data)}, **overrides)
+    embedded = Embedded.build(settings, registry)
     await embedded.start()
     try:
         app = create_app(embedded.node)
@@ -88,6 +91,15 @@ async def embedded_client(
             yield client
     finally:
         await embedded.stop()
+
+
+@pytest.fixture
+async def embedded_client(
+    sqlite_template: Path, tmp_path: Path, run_id: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    registry = builtin_registry.merged(handlers)
+    async with embedded_app(sqlite_template, tmp_path, run_id, registry) as client:
+        yield client
 
 
 @pytest.fixture(params=MODES, ids=MODES)

@@ -5,7 +5,6 @@ spans of the caller's trace. Without tracing, OpenTelemetry is not even imported
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,18 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from krolik.api.app import create_app
-from krolik.embedded import Embedded
 from krolik.registry import Registry
 from krolik.tracing import valid_traceparent
-from tests.conftest import test_settings
-from tests.contract.http import submit, wait_for
+from tests.contract.http import embedded_app, submit, wait_for
 from tests.support.receiver import Receiver, receiving
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -59,24 +54,10 @@ async def traced_client(
     sqlite_template: Path, tmp_path: Path, run_id: str, exporter: InMemorySpanExporter
 ) -> AsyncIterator[httpx.AsyncClient]:
     exporter.clear()
-    data = tmp_path / "krolik.sqlite3"
-    shutil.copyfile(sqlite_template, data)
-    settings = test_settings(
-        "unused", run_id, embedded={"path": str(data)}, tracing={"enabled": True}
-    )
-    embedded = Embedded.build(settings, traced)
-    await embedded.start()
-    try:
-        app = create_app(embedded.node)
-        async with (
-            LifespanManager(app) as manager,
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=manager.app), base_url="http://krolik.test"
-            ) as client,
-        ):
-            yield client
-    finally:
-        await embedded.stop()
+    async with embedded_app(
+        sqlite_template, tmp_path, run_id, traced, tracing={"enabled": True}
+    ) as client:
+        yield client
 
 
 @pytest.fixture

@@ -4,20 +4,16 @@ when it ends; every delivery is listed; a URL the allow-list refuses is a 422.""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from krolik.api.app import create_app
 from krolik.builtin_tasks import builtin_registry
-from krolik.embedded import Embedded
 from krolik.webhooks import DELIVERY_HEADER, EVENT_HEADER, verify
-from tests.conftest import WEBHOOK_KEY_ID, WEBHOOK_SECRET, test_settings
-from tests.contract.http import FAILING, FAILING_ATTEMPTS, submit, wait_for
+from tests.conftest import WEBHOOK_KEY_ID, WEBHOOK_SECRET
+from tests.contract.http import FAILING, FAILING_ATTEMPTS, embedded_app, submit, wait_for
 from tests.support.receiver import Receiver, receiving
 
 SECRETS = {WEBHOOK_KEY_ID: WEBHOOK_SECRET}
@@ -154,35 +150,19 @@ async def test_a_queue_s_webhook_serves_its_tasks_that_name_none(
     sqlite_template: Path, tmp_path: Path, run_id: str, receiver: Receiver
 ) -> None:
     """APP__WEBHOOKS__QUEUE_URLS (embedded here: the rule is the submitter's, one for all)."""
-    data = tmp_path / "krolik.sqlite3"
-    shutil.copyfile(sqlite_template, data)
-    settings = test_settings(
-        "unused",
-        run_id,
-        embedded={"path": str(data)},
-        webhooks={"queue_urls": {"hooked": receiver.url("/queue")}},
-    )
-    embedded = Embedded.build(settings, builtin_registry)
-    await embedded.start()
-    try:
-        app = create_app(embedded.node)
-        async with (
-            LifespanManager(app) as manager,
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=manager.app), base_url="http://krolik.test"
-            ) as client,
-        ):
-            hooked = await submit(client, payload=1, queue="hooked", delay_seconds=3600)
-            own = await submit(
-                client, payload=2, queue="hooked", delay_seconds=3600, webhook_url=receiver.url()
-            )
-            plain = await submit(client, payload=3, delay_seconds=3600)
-            assert hooked["webhook_url"] == receiver.url("/queue")
-            assert own["webhook_url"] == receiver.url()
-            assert plain["webhook_url"] is None
-            for created in (hooked, own, plain):
-                await client.post(f"/tasks/{created['task_id']}/cancel")
-            calls = await receiver.wait_for(2)
-            assert sorted(call.path for call in calls) == ["/hook", "/queue"]
-    finally:
-        await embedded.stop()
+    webhooks = {"queue_urls": {"hooked": receiver.url("/queue")}}
+    async with embedded_app(
+        sqlite_template, tmp_path, run_id, builtin_registry, webhooks=webhooks
+    ) as client:
+        hooked = await submit(client, payload=1, queue="hooked", delay_seconds=3600)
+        own = await submit(
+            client, payload=2, queue="hooked", delay_seconds=3600, webhook_url=receiver.url()
+        )
+        plain = await submit(client, payload=3, delay_seconds=3600)
+        assert hooked["webhook_url"] == receiver.url("/queue")
+        assert own["webhook_url"] == receiver.url()
+        assert plain["webhook_url"] is None
+        for created in (hooked, own, plain):
+            await client.post(f"/tasks/{created['task_id']}/cancel")
+        calls = await receiver.wait_for(2)
+        assert sorted(call.path for call in calls) == ["/hook", "/queue"]
