@@ -109,6 +109,7 @@ class TaskWatch:
             return
         self._tasks = [
             asyncio.create_task(self._listen(), name="krolik-watch-listen"),
+            asyncio.create_task(self._listen_store(), name="krolik-watch-listen-store"),
             asyncio.create_task(self._read_loop(), name="krolik-watch-read"),
             asyncio.create_task(self._recheck_loop(), name="krolik-watch-recheck"),
         ]
@@ -136,6 +137,32 @@ class TaskWatch:
                 await asyncio.sleep(RECONNECT_SECONDS)
         self.listening.set()
         self.resumed()  # what changed before we listened
+
+    async def _listen_store(self) -> None:
+        """The store's word of ended tasks too, where it has one (PostgreSQL's NOTIFY at
+        commit: one hop sooner than the worker's notice through the broker). Connected
+        again after a loss, with everything watched read again."""
+        lost = asyncio.Event()
+        while True:
+            lost.clear()
+            try:
+                close = await self.store.listen_ended(self.ended, lost.set)
+            except StoreError as exc:
+                log.warning("watch_not_listening_to_store", error=str(exc))
+                await asyncio.sleep(RECONNECT_SECONDS)
+                continue
+            if close is None:
+                return  # the store has no such word: the broker's notices serve alone
+            try:
+                self.resumed()  # what ended before we listened, or while we were away
+                await lost.wait()
+            finally:
+                await close()
+
+    def ended(self, task_id: int) -> None:
+        if task_id in self._watchers:
+            self._dirty.add(task_id)
+            self._woken.set()
 
     # -- registrations -----------------------------------------------------------------
     @contextlib.contextmanager

@@ -8,7 +8,7 @@ caller holding stale knowledge changes nothing and learns so from the return val
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from krolik.states import TaskStatus
@@ -69,6 +69,14 @@ class TaskStore(ABC):
         without a claim round trip; if it never does, any relay takes them when the
         claim runs out. Tasks due later are left to the relays' polling as always.
         """
+
+    async def listen_ended(
+        self, handler: Callable[[int], None], on_lost: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """The store's own word of each task that ended, at commit, if it has one:
+        ``handler(task_id)`` until the returned close is awaited, ``on_lost`` if that stops
+        by itself. None: it has none (the broker's change notices serve alone)."""
+        return None
 
     @abstractmethod
     async def get(self, task_id: int) -> Task | None: ...

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC
 from typing import Any
@@ -70,6 +71,9 @@ def _enqueued(record: Any) -> Enqueued:
 # The hot path of submission: tasks and their outbox rows in ONE statement (one round
 # trip, one implicit transaction), the rows fed as arrays. Used for tasks without an
 # idempotency key; keyed ones take the general path of sql.py.
+ENDED_CHANNEL = "krolik_task_ended"
+"""What the trigger krolik_tasks_ended notifies, with the task's id (migration 0007)."""
+
 ENQUEUE_SQL = """
 WITH new AS (
     INSERT INTO krolik_tasks (
@@ -287,6 +291,38 @@ class PostgresTaskStore(SqlTaskStore):
             return connection
 
         self.statements = StatementPool(connect, max_size=pool_size, wait_timeout=timeout)
+        self._connect = connect
+
+    async def listen_ended(
+        self, handler: Callable[[int], None], on_lost: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """PostgreSQL's word, at commit, of each task that ended (the trigger
+        krolik_tasks_ended): ``handler(task_id)``, on a connection of its own, until the
+        returned close is awaited; ``on_lost`` when that connection is gone. Behind
+        PgBouncer's transaction mode a LISTEN does not hold: None, and RabbitMQ's notices
+        serve alone."""
+        if self.pgbouncer:
+            return None
+        try:
+            connection = await self._connect()
+            await connection.add_listener(
+                ENDED_CHANNEL, lambda _c, _pid, _channel, payload: handler(int(payload))
+            )
+        except Exception as exc:
+            raise_classified(exc)
+            raise
+
+        def lost(_connection: Any) -> None:
+            on_lost()
+
+        connection.add_termination_listener(lost)
+
+        async def close() -> None:
+            connection.remove_termination_listener(lost)  # closed by us: not lost
+            with contextlib.suppress(Exception):
+                await connection.close(timeout=2)
+
+        return close
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PostgresTaskStore:
