@@ -42,6 +42,8 @@ NOT_TRANSITIONS = {
     "record_progress",
     # webhook deliveries: their own rows, each answer guarded by its claim's attempt
     "claim_deliveries", "record_deliveries", "deliveries_of",
+    # the store's word of ended tasks (PostgreSQL's NOTIFY), a hint like a change notice
+    "listen_ended",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip
