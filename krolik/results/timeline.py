@@ -5,7 +5,7 @@ reconnects with the id of the last event it saw gets exactly what came after. An
 id is ``run.phase.sub`` and ids of one task only grow:
 
 * ``0.0.0`` queued;
-* ``t.1.0`` run t started; ``t.2.<ms>`` progress it reported (the latest only);
+* ``t.1.0`` run t started; ``t.2.<n>`` the n-th progress write of the run (the latest only);
 * ``t.3.0`` run t ended and the task waits to run again (``retry_scheduled``);
 * ``t.4.0`` the task finished (t: its last run's token, 0 if it never ran).
 """
@@ -101,9 +101,11 @@ def after(events: Sequence[TaskEvent], last: EventKey | None) -> list[TaskEvent]
 def progress_event(task: Task) -> TaskEvent:
     report = task.progress or {}
     at = report.get("at")
-    millis = _millis(at) if isinstance(at, str) else 0
+    sequence = report.get("seq")
+    if not isinstance(sequence, int):  # written by an older worker: its report's time
+        sequence = _millis(at) if isinstance(at, str) else 0
     return TaskEvent(
-        (task.run_token, 2, millis),
+        (task.run_token, 2, sequence),
         PROGRESS,
         {
             "task_id": task.id,

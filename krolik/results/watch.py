@@ -32,8 +32,11 @@ STREAM_BACKLOG = 1000
 RECONNECT_SECONDS = 2.0
 
 
-def _progress_at(task: Task) -> object:
-    return task.progress.get("at") if isinstance(task.progress, dict) else None
+def _progress_written(task: Task) -> object:
+    """Which progress write the task shows (each has its own number, ``seq``)."""
+    if not isinstance(task.progress, dict):
+        return None
+    return task.progress.get("seq"), task.progress.get("at")
 
 
 class Watcher:
@@ -258,7 +261,7 @@ class TaskWatch:
         for task in tasks:
             watchers = self._watchers.get(task.id)
             if watchers:
-                version = (task.status, task.run_token, task.updated_at, _progress_at(task))
+                version = (task.status, task.run_token, task.updated_at, _progress_written(task))
                 if self._seen.get(task.id) != version:
                     self._seen[task.id] = version
                     for watcher in tuple(watchers):

@@ -4,6 +4,10 @@ A handler may report on every item it processes; the worker keeps only the lates
 report of each run and writes it when that run's last write is a second old, through
 the run's guarded statement (a run that lost its lease writes nothing). Reports never
 wait for the store, so they never slow a handler or the queue.
+
+Each write of a run carries the next number of a count (``seq``): it is what makes the
+write a new event for the task's followers, where the time of the report cannot (a
+handler reports many times within one millisecond).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class ProgressWriter:
         self.interval = interval_seconds
         self._latest: dict[RunRef, tuple[Task, dict[str, Any]]] = {}
         self._last_write: dict[RunRef, float] = {}
+        self._sequence: dict[RunRef, int] = {}
         self._scheduled: dict[RunRef, asyncio.TimerHandle | asyncio.Task[None]] = {}
         self._live: set[RunRef] = set()
         self.writes = 0
@@ -81,6 +86,8 @@ class ProgressWriter:
                 return
             task, entry = pending
             self._last_write[ref] = time.monotonic()
+            sequence = self._sequence[ref] = self._sequence.get(ref, 0) + 1
+            entry = {**entry, "seq": sequence}
             try:
                 [kept] = await self.store.record_progress([(ref, entry)])
             except Exception as exc:  # a report is not worth a failure: the next one may land
@@ -100,6 +107,7 @@ class ProgressWriter:
         self._live.discard(ref)
         self._latest.pop(ref, None)
         self._last_write.pop(ref, None)
+        self._sequence.pop(ref, None)
         scheduled = self._scheduled.pop(ref, None)
         if isinstance(scheduled, asyncio.TimerHandle):
             scheduled.cancel()
