@@ -14,12 +14,15 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
 
 from krolik.broker.base import Broker, Subscription
 from krolik.errors import BrokerUnavailable, StoreError
 from krolik.log import get_logger
 from krolik.results.notices import decode_changes
 from krolik.settings import ResultsSettings
+from krolik.states import TaskStatus
 from krolik.store.base import TaskStore
 from krolik.store.records import Task
 
@@ -32,11 +35,19 @@ STREAM_BACKLOG = 1000
 RECONNECT_SECONDS = 2.0
 
 
-def _progress_written(task: Task) -> object:
-    """Which progress write the task shows (each has its own number, ``seq``)."""
-    if not isinstance(task.progress, dict):
-        return None
-    return task.progress.get("seq"), task.progress.get("at")
+class Version(NamedTuple):
+    """What tells two reads of a task apart."""
+
+    run_token: int
+    updated_at: datetime
+    status: TaskStatus
+    progress: object
+
+    @classmethod
+    def of(cls, task: Task) -> Version:
+        progress = task.progress
+        written = (progress.get("seq"), progress.get("at")) if isinstance(progress, dict) else None
+        return cls(task.run_token, task.updated_at, task.status, written)
 
 
 class Watcher:
@@ -95,7 +106,7 @@ class TaskWatch:
         self._watchers: dict[int, set[Watcher]] = {}
         self._streams: set[ChangeStream] = set()
         self._dirty: set[int] = set()
-        self._seen: dict[int, tuple[object, ...]] = {}
+        self._seen: dict[int, Version] = {}
         """Each watched task's version as last offered: a re-read that finds it unchanged
         (the periodic one, mostly) wakes nobody."""
         self._woken = asyncio.Event()
@@ -162,10 +173,19 @@ class TaskWatch:
             finally:
                 await close()
 
-    def ended(self, task_id: int) -> None:
-        if task_id in self._watchers:
+    def ended(self, task_id: int, task: Task | None = None) -> None:
+        """The store's word that the task ended, with its final record when the word held
+        it: its waiters are answered at once, with no read."""
+        if task_id not in self._watchers:
+            return
+        if task is None:
             self._dirty.add(task_id)
             self._woken.set()
+            return
+        seen = self._seen.get(task_id)
+        if seen is not None and (task.run_token, task.updated_at) < seen[:2]:
+            return  # a read came first and found the task changed again since
+        self._deliver([task])
 
     # -- registrations -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -261,7 +281,7 @@ class TaskWatch:
         for task in tasks:
             watchers = self._watchers.get(task.id)
             if watchers:
-                version = (task.status, task.run_token, task.updated_at, _progress_written(task))
+                version = Version.of(task)
                 if self._seen.get(task.id) != version:
                     self._seen[task.id] = version
                     for watcher in tuple(watchers):

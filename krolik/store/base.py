@@ -71,11 +71,12 @@ class TaskStore(ABC):
         """
 
     async def listen_ended(
-        self, handler: Callable[[int], None], on_lost: Callable[[], None]
+        self, handler: Callable[[int, Task | None], None], on_lost: Callable[[], None]
     ) -> Callable[[], Awaitable[None]] | None:
         """The store's own word of each task that ended, at commit, if it has one:
-        ``handler(task_id)`` until the returned close is awaited, ``on_lost`` if that stops
-        by itself. None: it has none (the broker's change notices serve alone)."""
+        ``handler(task_id, record)`` (the record as it ended, or None when the word held
+        only the id) until the returned close is awaited, ``on_lost`` if that stops by
+        itself. None: it has none (the broker's change notices serve alone)."""
         return None
 
     @abstractmethod

@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from krolik.log import get_logger
 from krolik.settings import DatabaseSettings
 from krolik.states import TaskStatus
 from krolik.store.dialects import PostgresDialect
@@ -32,6 +33,8 @@ from krolik.store.records import (
 from krolik.store.sql.deliveries import row_to_delivery
 from krolik.store.sql.store import SqlTaskStore
 from krolik.store.statement_pool import StatementPool, set_json_codecs
+
+log = get_logger(__name__)
 
 
 def json_dumps(value: Any) -> str:
@@ -72,7 +75,25 @@ def _enqueued(record: Any) -> Enqueued:
 # trip, one implicit transaction), the rows fed as arrays. Used for tasks without an
 # idempotency key; keyed ones take the general path of sql.py.
 ENDED_CHANNEL = "krolik_task_ended"
-"""What the trigger krolik_tasks_ended notifies, with the task's id (migration 0007)."""
+"""What the trigger krolik_tasks_ended notifies: the ended task's record as JSON, or its id
+when the record is too big for a notice (migration 0007)."""
+_TIME_FIELDS = frozenset(field.name for field in fields(Task) if "datetime" in str(field.type))
+
+
+def task_of_notice(body: str) -> tuple[int, Task | None]:
+    """The task a notice of ENDED_CHANNEL names, and its record when the notice holds it."""
+    if not body.startswith("{"):
+        return int(body), None
+    row = orjson.loads(body)
+    values = {name: row.get(name) for name in TASK_FIELDS}
+    for name in _TIME_FIELDS:
+        if values[name] is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    values["status"] = TaskStatus(values["status"])
+    if values["timeout_seconds"] is not None:
+        values["timeout_seconds"] = float(values["timeout_seconds"])
+    return int(values["id"]), Task(**values)
+
 
 ENQUEUE_SQL = """
 WITH new AS (
@@ -294,20 +315,27 @@ class PostgresTaskStore(SqlTaskStore):
         self._connect = connect
 
     async def listen_ended(
-        self, handler: Callable[[int], None], on_lost: Callable[[], None]
+        self, handler: Callable[[int, Task | None], None], on_lost: Callable[[], None]
     ) -> Callable[[], Awaitable[None]] | None:
         """PostgreSQL's word, at commit, of each task that ended (the trigger
-        krolik_tasks_ended): ``handler(task_id)``, on a connection of its own, until the
-        returned close is awaited; ``on_lost`` when that connection is gone. Behind
-        PgBouncer's transaction mode a LISTEN does not hold: None, and RabbitMQ's notices
-        serve alone."""
+        krolik_tasks_ended): ``handler(task_id, record)``, on a connection of its own,
+        until the returned close is awaited; ``on_lost`` when that connection is gone.
+        Behind PgBouncer's transaction mode a LISTEN does not hold: None, and RabbitMQ's
+        notices serve alone."""
         if self.pgbouncer:
             return None
+
+        def heard(_connection: Any, _pid: int, _channel: str, body: str) -> None:
+            try:
+                task_id, task = task_of_notice(body)
+            except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+                log.warning("ended_notice_unreadable", size=len(body))
+                return
+            handler(task_id, task)
+
         try:
             connection = await self._connect()
-            await connection.add_listener(
-                ENDED_CHANNEL, lambda _c, _pid, _channel, payload: handler(int(payload))
-            )
+            await connection.add_listener(ENDED_CHANNEL, heard)
         except Exception as exc:
             raise_classified(exc)
             raise

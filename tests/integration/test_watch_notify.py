@@ -4,6 +4,8 @@ a waiter in an API process hears of it without the worker's notice through Rabbi
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
@@ -12,10 +14,11 @@ from krolik.results.watch import TaskWatch
 from krolik.settings import ResultsSettings
 from krolik.states import TaskStatus
 from krolik.store.postgres import PostgresTaskStore
-from krolik.store.records import NewTask, RunRef
+from krolik.store.records import NewTask, RunRef, Task
 from tests.conftest import BEHIND_PGBOUNCER
 
 pytestmark = pytest.mark.integration
+SECOND = timedelta(seconds=1)
 
 
 @pytest.mark.skipif(BEHIND_PGBOUNCER, reason="no LISTEN through PgBouncer's transaction mode")
@@ -40,6 +43,73 @@ async def test_a_waiter_hears_of_an_end_from_postgresql_itself(store: PostgresTa
         await watch.stop()
 
 
+@pytest.mark.skipif(BEHIND_PGBOUNCER, reason="no LISTEN through PgBouncer's transaction mode")
+async def test_the_word_of_an_end_holds_the_record_as_the_store_reads_it(
+    store: PostgresTaskStore,
+) -> None:
+    await store.open()
+    heard: asyncio.Queue[tuple[int, Task | None]] = asyncio.Queue()
+    close = await store.listen_ended(lambda *word: heard.put_nowait(word), lambda: None)
+    assert close is not None
+    try:
+        small, big = await store.enqueue(
+            [
+                NewTask(name="echo", queue="default", payload={"n": 1.5}, timeout_seconds=30),
+                NewTask(name="echo", queue="default", payload="x" * 10_000),
+            ]
+        )
+        for enqueued, result in ((small, {"ok": [1, "two"]}), (big, None)):
+            claimed = await store.claim(enqueued.task.id, "worker-a", 30, {"echo": 3})
+            assert claimed is not None
+            assert await store.complete(RunRef.of(claimed), result)
+        task_id, record = await asyncio.wait_for(heard.get(), 5)
+        assert task_id == small.task.id
+        assert record == await store.get(small.task.id)  # every field, the same types
+        # A record over a notice's limit (8,000 bytes) comes as its id: the waiter reads it.
+        assert await asyncio.wait_for(heard.get(), 5) == (big.task.id, None)
+    finally:
+        await close()
+
+
+@pytest.mark.skipif(BEHIND_PGBOUNCER, reason="no LISTEN through PgBouncer's transaction mode")
+async def test_a_waiter_is_answered_from_the_word_alone(store: PostgresTaskStore) -> None:
+    await store.open()
+    watch = TaskWatch(store, MemoryBroker(), ResultsSettings(recheck_seconds=60))
+    await watch.start()
+    try:
+        [enqueued] = await store.enqueue([NewTask(name="echo", queue="default", payload=1)])
+        claimed = await store.claim(enqueued.task.id, "worker-a", 30, {"echo": 3})
+        assert claimed is not None
+        waiting = asyncio.create_task(watch.wait_final(claimed.id, 30))
+        while not watch.watched:
+            await asyncio.sleep(0.01)
+        reads = watch.reads
+        assert await store.complete(RunRef.of(claimed), "ok")
+        task = await asyncio.wait_for(waiting, 5)
+        assert task is not None
+        assert task.result == "ok"
+        assert watch.reads == reads
+    finally:
+        await watch.stop()
+
+
+async def test_an_older_record_than_the_last_read_wakes_nobody(store: PostgresTaskStore) -> None:
+    # The word of an end may come after a read that found the task retried already.
+    watch = TaskWatch(store, MemoryBroker(), ResultsSettings(recheck_seconds=60))
+    [enqueued] = await store.enqueue([NewTask(name="echo", queue="default", payload=1)])
+    claimed = await store.claim(enqueued.task.id, "worker-a", 30, {"echo": 3})
+    assert claimed is not None
+    assert await store.complete(RunRef.of(claimed), "ok")
+    ended = await store.get(claimed.id)
+    assert ended is not None
+    retried = replace(ended, status=TaskStatus.PENDING, updated_at=ended.updated_at + SECOND)
+    with watch.watching(claimed.id) as watcher:
+        watch.ended(claimed.id, retried)  # as a read would offer it
+        assert await watcher.next(1) == retried
+        watch.ended(claimed.id, ended)
+        assert await watcher.next(0.2) is None
+
+
 async def test_behind_pgbouncer_the_store_offers_no_listen(store: PostgresTaskStore) -> None:
     behind = PostgresTaskStore(store.engine, pgbouncer=True)
-    assert await behind.listen_ended(lambda _id: None, lambda: None) is None
+    assert await behind.listen_ended(lambda *_word: None, lambda: None) is None
