@@ -21,6 +21,21 @@ pytestmark = pytest.mark.integration
 SECOND = timedelta(seconds=1)
 
 
+async def running_task(store: PostgresTaskStore) -> Task:
+    [enqueued] = await store.enqueue([NewTask(name="echo", queue="default", payload=1)])
+    claimed = await store.claim(enqueued.task.id, "worker-a", 30, {"echo": 3})
+    assert claimed is not None
+    return claimed
+
+
+async def waiting_for(watch: TaskWatch, task: Task) -> asyncio.Task[Task | None]:
+    """A waiter of the task, registered with the watch."""
+    waiting = asyncio.create_task(watch.wait_final(task.id, 30))
+    while not watch.watched:
+        await asyncio.sleep(0.01)
+    return waiting
+
+
 @pytest.mark.skipif(BEHIND_PGBOUNCER, reason="no LISTEN through PgBouncer's transaction mode")
 async def test_a_waiter_hears_of_an_end_from_postgresql_itself(store: PostgresTaskStore) -> None:
     # The broker carries no notice of the worker's (there is no worker), and the periodic
@@ -29,12 +44,8 @@ async def test_a_waiter_hears_of_an_end_from_postgresql_itself(store: PostgresTa
     watch = TaskWatch(store, MemoryBroker(), ResultsSettings(recheck_seconds=60))
     await watch.start()
     try:
-        [enqueued] = await store.enqueue([NewTask(name="echo", queue="default", payload=1)])
-        claimed = await store.claim(enqueued.task.id, "worker-a", 30, {"echo": 3})
-        assert claimed is not None
-        waiting = asyncio.create_task(watch.wait_final(claimed.id, 30))
-        while not watch.watched:
-            await asyncio.sleep(0.01)
+        claimed = await running_task(store)
+        waiting = await waiting_for(watch, claimed)
         assert await store.complete(RunRef.of(claimed), "ok")
         task = await asyncio.wait_for(waiting, 5)
         assert task is not None
@@ -77,12 +88,8 @@ async def test_a_waiter_is_answered_from_the_word_alone(store: PostgresTaskStore
     watch = TaskWatch(store, MemoryBroker(), ResultsSettings(recheck_seconds=60))
     await watch.start()
     try:
-        [enqueued] = await store.enqueue([NewTask(name="echo", queue="default", payload=1)])
-        claimed = await store.claim(enqueued.task.id, "worker-a", 30, {"echo": 3})
-        assert claimed is not None
-        waiting = asyncio.create_task(watch.wait_final(claimed.id, 30))
-        while not watch.watched:
-            await asyncio.sleep(0.01)
+        claimed = await running_task(store)
+        waiting = await waiting_for(watch, claimed)
         reads = watch.reads
         assert await store.complete(RunRef.of(claimed), "ok")
         task = await asyncio.wait_for(waiting, 5)
@@ -96,9 +103,7 @@ async def test_a_waiter_is_answered_from_the_word_alone(store: PostgresTaskStore
 async def test_an_older_record_than_the_last_read_wakes_nobody(store: PostgresTaskStore) -> None:
     # The word of an end may come after a read that found the task retried already.
     watch = TaskWatch(store, MemoryBroker(), ResultsSettings(recheck_seconds=60))
-    [enqueued] = await store.enqueue([NewTask(name="echo", queue="default", payload=1)])
-    claimed = await store.claim(enqueued.task.id, "worker-a", 30, {"echo": 3})
-    assert claimed is not None
+    claimed = await running_task(store)
     assert await store.complete(RunRef.of(claimed), "ok")
     ended = await store.get(claimed.id)
     assert ended is not None
