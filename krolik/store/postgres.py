@@ -130,6 +130,12 @@ the caller, and the last column is their id (see ``TaskStore.enqueue``)."""
 # A worker's claims and completions, many runs per statement (the guards of sql.py's
 # claim_many and complete_many, row by row). Conditions compare with now(), the time of
 # the statement, so that they are index conditions; recorded times are clock_timestamp().
+# The rows are found by id alone: the name and status guards are written with IS NOT
+# DISTINCT FROM (the same test on these NOT NULL columns), which no index serves and no
+# partial index's predicate follows from. With '=', a table autovacuum had not analyzed
+# yet was claimed through the name's index (every task of the name) and the pending or
+# processing index (every row version that was in that state since the last vacuum,
+# which bitmap scans never mark dead): each batch read tens of thousands of entries.
 CLAIM_MANY_SQL = """
 UPDATE krolik_tasks AS t
 SET status = 'processing',
@@ -142,7 +148,8 @@ SET status = 'processing',
     updated_at = clock_timestamp(),
     progress = NULL
 FROM unnest($1::bigint[]) AS c(id), unnest($4::text[], $5::int[]) AS h(name, default_max)
-WHERE t.id = c.id AND t.name = h.name AND t.status = 'pending' AND t.run_at <= now()
+WHERE t.id = c.id AND t.name IS NOT DISTINCT FROM h.name
+  AND t.status IS NOT DISTINCT FROM 'pending' AND t.run_at <= now()
 RETURNING {columns}
 """.format(columns=returning("t"))
 
@@ -157,7 +164,8 @@ WITH done AS (
         finished_at = clock_timestamp(),
         updated_at = clock_timestamp()
     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(id, token, result)
-    WHERE t.id = c.id AND t.status = 'processing' AND t.run_token = c.token
+    WHERE t.id = c.id AND t.status IS NOT DISTINCT FROM 'processing'
+      AND t.run_token = c.token
     RETURNING t.id, t.run_token, t.attempts, t.worker_id, t.started_at, t.finished_at
 ), recorded AS (
     INSERT INTO krolik_attempts

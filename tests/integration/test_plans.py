@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from krolik.store.postgres import CLAIM_OUTBOX_SQL, PostgresTaskStore
+from krolik.store.postgres import (
+    CLAIM_MANY_SQL,
+    CLAIM_OUTBOX_SQL,
+    COMPLETE_MANY_SQL,
+    PostgresTaskStore,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,3 +36,65 @@ async def plan(store: PostgresTaskStore, sql: str, *args: Any) -> str:
 async def test_the_outbox_claim_bounds_its_index_scan_by_time(store: PostgresTaskStore) -> None:
     shown = await plan(store, CLAIM_OUTBOX_SQL, 200, 30.0, [])
     assert "Index Cond: (available_at <= now())" in shown, shown
+
+
+# -- claims and completions go to their rows by id, whatever the planner knows --------
+YOUNG_TABLE = [
+    # A table autovacuum has not analyzed yet (every new deployment, its first minute or
+    # so; every benchmark run): no column statistics, no row count.
+    "DELETE FROM pg_statistic WHERE starelid = 'krolik_tasks'::regclass",
+    "UPDATE pg_class SET reltuples = -1 WHERE oid = 'krolik_tasks'::regclass",
+]
+BACKLOG = """
+INSERT INTO krolik_tasks (name, queue, status, run_at, created_at, updated_at)
+SELECT 'echo', 'default', CASE WHEN n % 4 = 0 THEN 'pending' ELSE 'done' END,
+       CASE WHEN n % 4 = 0 THEN now() + interval '1 hour' ELSE now() END, now(), now()
+FROM generate_series(1, 20000) AS n
+"""
+"""Finished tasks of one name, and a quarter of them scheduled for later."""
+
+
+async def young_table_plan(store: PostgresTaskStore, sql: str, *args: Any) -> str:
+    """The plan on a young table holding a backlog, undone after (a rolled-back
+    transaction: the catalogs and rows as they were)."""
+    async with store.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        transaction = driver.transaction()
+        await transaction.start()
+        try:
+            await driver.execute(BACKLOG)
+            for statement in YOUNG_TABLE:
+                await driver.execute(statement)
+            rows = await driver.fetch(f"EXPLAIN {sql}", *args)
+        finally:
+            await transaction.rollback()
+        return "\n".join(row[0] for row in rows)
+
+
+BY_ID = "->  Index Scan using pk_krolik_tasks on krolik_tasks t"
+
+
+def scans_of_tasks(plan_text: str) -> list[str]:
+    """The nodes that read krolik_tasks (by index, bitmap or in full), without costs."""
+    return [
+        line.strip().split("  (")[0]
+        for line in plan_text.splitlines()
+        if " on krolik_tasks " in line and "Scan" in line
+    ]
+
+
+async def test_a_claim_reads_its_tasks_by_id_on_a_young_table(store: PostgresTaskStore) -> None:
+    ids = list(range(1, 31))
+    shown = await young_table_plan(store, CLAIM_MANY_SQL, ids, "w", 30.0, ["echo"], [1])
+    # Not by name (every task of it) nor by the pending index (every row version that
+    # was pending since the last vacuum): the planner knows none of that yet.
+    assert scans_of_tasks(shown) == [BY_ID], shown
+
+
+async def test_a_completion_reads_its_tasks_by_id_on_a_young_table(
+    store: PostgresTaskStore,
+) -> None:
+    ids = list(range(1, 31))
+    shown = await young_table_plan(store, COMPLETE_MANY_SQL, ids, [1] * 30, ["null"] * 30)
+    assert scans_of_tasks(shown) == [BY_ID], shown
