@@ -316,7 +316,11 @@ class PostgresTaskStore(SqlTaskStore):
                 server_settings={"application_name": APPLICATION_NAME},
                 **cache_args,
             )
-            await set_json_codecs(connection)
+            try:
+                await set_json_codecs(connection)
+            except BaseException:  # cancelled or failed: not left to the garbage collector
+                connection.terminate()
+                raise
             return connection
 
         self.statements = StatementPool(connect, max_size=pool_size, wait_timeout=timeout)
@@ -343,9 +347,15 @@ class PostgresTaskStore(SqlTaskStore):
 
         try:
             connection = await self._connect()
-            await connection.add_listener(ENDED_CHANNEL, heard)
         except Exception as exc:
             raise_classified(exc)
+            raise
+        try:
+            await connection.add_listener(ENDED_CHANNEL, heard)
+        except BaseException as exc:  # cancelled (a stop at start-up) or failed: close it
+            connection.terminate()
+            if isinstance(exc, Exception):
+                raise_classified(exc)
             raise
 
         def lost(_connection: Any) -> None:

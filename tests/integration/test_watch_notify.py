@@ -7,15 +7,16 @@ import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
+import asyncpg
 import pytest
 
 from krolik.broker.memory import MemoryBroker
 from krolik.results.watch import TaskWatch
 from krolik.settings import ResultsSettings
 from krolik.states import TaskStatus
-from krolik.store.postgres import PostgresTaskStore
+from krolik.store.postgres import APPLICATION_NAME, PostgresTaskStore
 from krolik.store.records import NewTask, RunRef, Task
-from tests.conftest import BEHIND_PGBOUNCER
+from tests.conftest import BEHIND_PGBOUNCER, PG_HOST, PG_PORT, PG_USER
 
 pytestmark = pytest.mark.integration
 SECOND = timedelta(seconds=1)
@@ -118,3 +119,39 @@ async def test_an_older_record_than_the_last_read_wakes_nobody(store: PostgresTa
 async def test_behind_pgbouncer_the_store_offers_no_listen(store: PostgresTaskStore) -> None:
     behind = PostgresTaskStore(store.engine, pgbouncer=True)
     assert await behind.listen_ended(lambda *_word: None, lambda: None) is None
+
+
+async def test_a_listen_cancelled_at_any_moment_leaves_no_connection_behind(
+    store: PostgresTaskStore, pg_database: str
+) -> None:
+    """An API stopped while its watch starts listening (a quick test, a process told to
+    stop at start-up) cancels ``listen_ended`` mid-way: the connection it had opened must
+    be closed, not left to the garbage collector (asyncpg then warns of it, in whatever
+    runs at that moment)."""
+    if BEHIND_PGBOUNCER:
+        pytest.skip("no LISTEN behind PgBouncer")
+    probe = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=pg_database)
+    count = (
+        "SELECT count(*) FROM pg_stat_activity"
+        f" WHERE datname = current_database() AND application_name = '{APPLICATION_NAME}'"
+    )
+    try:
+        before = await probe.fetchval(count)
+        for step in range(60):
+            listening = asyncio.create_task(store.listen_ended(lambda *_: None, lambda: None))
+            await asyncio.sleep(step / 2000)  # 0 to 30 ms: before, in and after the connect
+            listening.cancel()
+            try:
+                close = await listening
+            except asyncio.CancelledError:
+                continue
+            if close is not None:
+                await close()  # it finished first: closed the normal way
+        deadline = asyncio.get_running_loop().time() + 5
+        while (left := await probe.fetchval(count) - before) and (
+            asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        assert left == 0, f"{left} connections of cancelled listens are still open"
+    finally:
+        await probe.close()
