@@ -109,11 +109,20 @@ async def connect_cluster(
         reconnect_interval=reconnect_interval,
         client_properties={"connection_name": connection_name},
     )
+    # The attempt runs as a task of its own that a cancellation does not reach: cancelled
+    # inside aio-pika's connect (Python 3.11's wait_for can drop a result that arrives
+    # with the cancellation), a connection could be made and never handed to the robust
+    # one, and nothing would close it. Cancelled, the caller waits for the attempt (its
+    # own timeout bounds it) and closes what it made.
+    attempt = asyncio.ensure_future(connection.connect(timeout=timeout))
     try:
-        await connection.connect(timeout=timeout)
+        await asyncio.shield(attempt)
     except BaseException:
         # Failed or cancelled half-way (a service stopped while connecting): closed, or
         # its own reconnect loop would go on alone, for ever.
+        await asyncio.wait([attempt])
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: the caller's error is the one raised
         await _abandon(connection)
         raise
     return connection
