@@ -128,14 +128,14 @@ the caller, and the last column is their id (see ``TaskStore.enqueue``)."""
 
 
 # A worker's claims and completions, many runs per statement (the guards of sql.py's
-# claim_many and complete_many, row by row). Conditions compare with now(), the time of
-# the statement, so that they are index conditions; recorded times are clock_timestamp().
-# The rows are found by id alone: the name and status guards are written with IS NOT
-# DISTINCT FROM (the same test on these NOT NULL columns), which no index serves and no
-# partial index's predicate follows from. With '=', a table autovacuum had not analyzed
-# yet was claimed through the name's index (every task of the name) and the pending or
-# processing index (every row version that was in that state since the last vacuum,
-# which bitmap scans never mark dead): each batch read tens of thousands of entries.
+# claim_many and complete_many, row by row). Conditions compare with now(), one time for
+# the statement; recorded times are clock_timestamp(). The rows are found by id alone:
+# the name and status guards are written with IS NOT DISTINCT FROM (the same test on
+# these NOT NULL columns), which no index serves and no partial index's predicate
+# follows from. With '=', a table autovacuum had not analyzed yet was claimed through
+# the name's index (every task of the name) and the pending or processing index (every
+# row version that was in that state since the last vacuum, which bitmap scans never
+# mark dead): each batch read tens of thousands of entries.
 CLAIM_MANY_SQL = """
 UPDATE krolik_tasks AS t
 SET status = 'processing',
