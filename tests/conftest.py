@@ -236,7 +236,11 @@ async def close_and_delete(brokers: list[RabbitMQBroker], settings: Settings) ->
         for name in names:
             await channel.queue_delete(name)
         topology = Topology.from_settings(settings.rabbitmq, settings.default_queue)
-        for exchange in (topology.exchange, topology.dead_letter_exchange):
+        for exchange in (
+            topology.exchange,
+            topology.dead_letter_exchange,
+            topology.notice_exchange,
+        ):
             await channel.exchange_delete(exchange)
 
 
