@@ -10,6 +10,7 @@ Write handlers with the ``task`` decorator and run them with ``krolik worker --a
 """
 
 from krolik.registry import Registry, TaskContext, default_registry, task
+from krolik.snooze import Snooze
 
 __version__ = "0.1.0"
-__all__ = ["Registry", "TaskContext", "__version__", "default_registry", "task"]
+__all__ = ["Registry", "Snooze", "TaskContext", "__version__", "default_registry", "task"]

@@ -27,7 +27,10 @@ class Observer:
 
     def task_finished(self, task: Task, result: str, seconds: float) -> None:
         """The run ended; ``result`` is what was recorded: succeeded, failed, retried,
-        cancelled, released or abandoned (the lease was lost)."""
+        cancelled, released, snoozed or abandoned (the lease was lost)."""
+
+    def task_expired(self, task: Task) -> None:
+        """A pending task was not started by its ``expires_at``: it ended expired."""
 
     def task_rescued(self, rescued: RescuedTask) -> None:
         """The rescuer took a run whose lease expired (``rescued.status``: where it went)."""
@@ -85,6 +88,9 @@ class Observers(Observer):
 
     def task_rescued(self, rescued: RescuedTask) -> None:
         self._call("task_rescued", rescued)
+
+    def task_expired(self, task: Task) -> None:
+        self._call("task_expired", task)
 
     def task_changed(self, task: Task) -> None:
         self._call("task_changed", task)

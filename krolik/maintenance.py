@@ -1,4 +1,5 @@
-"""The lease rescuer: tasks whose worker stopped heartbeating go back to pending.
+"""The lease rescuer: tasks whose worker stopped heartbeating go back to pending, and
+pending tasks not started by their ``expires_at`` end expired.
 
 It also sends again the messages of due pending tasks that were really lost. A task
 with no outbox row was published; that it still waits, even for long, usually means
@@ -64,8 +65,12 @@ class LeaseRescuer(LoopService):
             )
             self.observer.task_rescued(task)
         self.rescued += len(rescued)
+        expired = await self.store.expire_overdue(BATCH)
+        for ended in expired:
+            log.info("task_expired", task_id=ended.id, queue=ended.queue, name=ended.name)
+            self.observer.task_expired(ended)
         redispatched = await self._redispatch_lost()
-        return len(rescued) >= BATCH or redispatched >= REDISPATCH_BATCH
+        return len(rescued) >= BATCH or len(expired) >= BATCH or redispatched >= REDISPATCH_BATCH
 
     async def _redispatch_lost(self) -> int:
         """Send again the stale tasks of queues found empty. A queue found so is worked

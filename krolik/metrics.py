@@ -65,6 +65,12 @@ class Metrics(Observer):
         self.released = counter(
             "krolik_tasks_released", "Runs given back by a worker shutting down.", by_task
         )
+        self.snoozed = counter(
+            "krolik_tasks_snoozed", "Runs whose handler asked to run again later.", by_task
+        )
+        self.expired = counter(
+            "krolik_tasks_expired", "Pending tasks not started by their expires_at.", by_task
+        )
         self.rescued = counter(
             "krolik_tasks_rescued", "Runs whose lease expired, taken by the rescuer.", ["status"]
         )
@@ -143,6 +149,7 @@ class Metrics(Observer):
             "retried": self.retried,
             "cancelled": self.cancelled,
             "released": self.released,
+            "snoozed": self.snoozed,
         }
 
     def labelled(self, metric: Counter | Histogram, *values: str) -> Any:
@@ -174,6 +181,9 @@ class Metrics(Observer):
             self.labelled(counter, task.name, task.queue).inc()
         if result in ("succeeded", "failed", "retried"):
             self.labelled(self.duration, task.name).observe(seconds)
+
+    def task_expired(self, task: Task) -> None:
+        self.labelled(self.expired, task.name, task.queue).inc()
 
     def task_rescued(self, rescued: RescuedTask) -> None:
         self.rescued.labels(rescued.status.value).inc()
@@ -265,6 +275,7 @@ class StoreGauges(Collector):
             finished.add_metric([item.queue, "done"], item.done_last_hour)
             finished.add_metric([item.queue, "failed"], item.failed_last_hour)
             finished.add_metric([item.queue, "cancelled"], item.cancelled_last_hour)
+            finished.add_metric([item.queue, "expired"], item.expired_last_hour)
             age = (now - item.oldest_pending_at).total_seconds() if item.oldest_pending_at else 0
             oldest.add_metric([item.queue], max(age, 0.0))
             stuck.add_metric([item.queue], item.stuck)

@@ -11,9 +11,12 @@
        │  │                └──cancel requested, then
        │  │                   mark_cancelled─────────▶ cancelled
        │  │                   (also when a run asked to stop ends by retry, release or rescue)
+       │  │                ├──snoozed by its handler─▶ pending (run_at = now + snooze,
+       │  │                │                           attempt not counted)
        │  ├──cancel──▶ cancelled
+       │  ├──not started by its expires_at──▶ expired
        │  └──no worker has its handler, long enough──▶ failed
-       └──retry (API)── failed | cancelled
+       └──retry (API)── failed | cancelled | expired
 
 Every transition is one guarded statement in the store: it names the states it
 expects (and, for a running task, the run's fencing token), so a duplicate or stale
@@ -33,13 +36,17 @@ class TaskStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    """Not started by its ``expires_at``: it never ran and never will."""
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
+FINAL_STATES = frozenset(
+    {TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
 
 
 class AttemptOutcome(StrEnum):
@@ -53,6 +60,8 @@ class AttemptOutcome(StrEnum):
     CANCELLED = "cancelled"
     RELEASED = "released"
     """The worker shut down and gave the task back (the attempt does not count)."""
+    SNOOZED = "snoozed"
+    """The handler asked to run again later (``Snooze``); the attempt does not count."""
     LOST = "lost"
     """The lease ran out (the worker died or stalled); the rescuer took the task."""
 
@@ -73,18 +82,22 @@ class Transition(StrEnum):
     FAIL = "fail"
     RETRY_LATER = "retry_later"
     RELEASE = "release"
+    SNOOZE = "snooze"
     MARK_CANCELLED = "mark_cancelled"
     RESCUE = "rescue"
     CANCEL = "cancel"
     """The API's cancel: a pending task is cancelled, a running one asked to stop."""
     RETRY = "retry"
     FAIL_UNRUNNABLE = "fail_unrunnable"
+    EXPIRE = "expire"
+    """A pending task not started by its ``expires_at`` ends expired."""
     DISPATCH_AGAIN = "dispatch_again"
     """A pending task gets another outbox row (put back by a worker, or its message lost)."""
 
 
 PENDING, PROCESSING = TaskStatus.PENDING, TaskStatus.PROCESSING
 DONE, FAILED, CANCELLED = TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED
+EXPIRED = TaskStatus.EXPIRED
 
 ALLOWED: dict[Transition, tuple[frozenset[TaskStatus], frozenset[TaskStatus]]] = {
     # transition: (states it may start from, states it may end in)
@@ -94,12 +107,14 @@ ALLOWED: dict[Transition, tuple[frozenset[TaskStatus], frozenset[TaskStatus]]] =
     # a run whose cancel was requested ends cancelled instead of going back to pending
     Transition.RETRY_LATER: (frozenset({PROCESSING}), frozenset({PENDING, CANCELLED})),
     Transition.RELEASE: (frozenset({PROCESSING}), frozenset({PENDING, CANCELLED})),
+    Transition.SNOOZE: (frozenset({PROCESSING}), frozenset({PENDING, CANCELLED})),
     Transition.MARK_CANCELLED: (frozenset({PROCESSING}), frozenset({CANCELLED})),
     Transition.RESCUE: (frozenset({PROCESSING}), frozenset({PENDING, FAILED, CANCELLED})),
     # a running task stays processing, asked to stop (cancel_requested)
     Transition.CANCEL: (frozenset({PENDING, PROCESSING}), frozenset({CANCELLED, PROCESSING})),
-    Transition.RETRY: (frozenset({FAILED, CANCELLED}), frozenset({PENDING})),
+    Transition.RETRY: (frozenset({FAILED, CANCELLED, EXPIRED}), frozenset({PENDING})),
     Transition.FAIL_UNRUNNABLE: (frozenset({PENDING}), frozenset({FAILED})),
+    Transition.EXPIRE: (frozenset({PENDING}), frozenset({EXPIRED})),
     Transition.DISPATCH_AGAIN: (frozenset({PENDING}), frozenset({PENDING})),
 }
 
@@ -109,11 +124,13 @@ TRANSITIONS: dict[Transition, tuple[str, ...]] = {
     Transition.FAIL: ("fail",),
     Transition.RETRY_LATER: ("retry_later",),
     Transition.RELEASE: ("release",),
+    Transition.SNOOZE: ("snooze",),
     Transition.MARK_CANCELLED: ("mark_cancelled",),
     Transition.RESCUE: ("rescue_expired",),
     Transition.CANCEL: ("cancel",),
     Transition.RETRY: ("retry",),
     Transition.FAIL_UNRUNNABLE: ("fail_unrunnable",),
+    Transition.EXPIRE: ("expire_overdue",),
     Transition.DISPATCH_AGAIN: ("dispatch_later", "redispatch_stale"),
 }
 """The store methods (``TaskStore``) whose guarded statements make each transition."""

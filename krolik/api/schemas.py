@@ -64,6 +64,14 @@ class TaskCreate(BaseModel):
     run_at: datetime | None = None
     delay_seconds: Annotated[float, Field(ge=0, le=366 * 86400)] | None = None
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    expires_at: datetime | None = Field(
+        None,
+        description="Not started by then, the task ends `expired` and never runs (a time "
+        "without zone is taken as UTC).",
+    )
+    expires_in: Annotated[float, Field(gt=0, le=366 * 86400)] | None = Field(
+        None, description="Seconds from the submit: `expires_at` counted from now."
+    )
     webhook_url: (
         Annotated[
             str,
@@ -89,7 +97,7 @@ class TaskCreate(BaseModel):
     def _key_storable(cls, value: str | None) -> str | None:
         return no_nul(value)
 
-    @field_validator("run_at")
+    @field_validator("run_at", "expires_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
@@ -100,6 +108,8 @@ class TaskCreate(BaseModel):
     def _one_schedule(self) -> Self:
         if self.run_at is not None and self.delay_seconds is not None:
             raise ValueError("give run_at or delay_seconds, not both")
+        if self.expires_at is not None and self.expires_in is not None:
+            raise ValueError("give expires_at or expires_in, not both")
         return self
 
 
@@ -147,6 +157,9 @@ class TaskOut(BaseModel):
         None, description="What the running handler last reported (``context.progress``)."
     )
     webhook_url: str | None = Field(None, description="Called when the task ends.")
+    expires_at: datetime | None = Field(
+        None, description="Not started by then, it ends expired (null: never)."
+    )
 
     @classmethod
     def of(cls, task: Task) -> Self:

@@ -131,7 +131,10 @@ class ChangeNotices(Observer):
         self.changed(task, urgent=False)
 
     def task_finished(self, task: Task, result: str, seconds: float) -> None:
-        self.changed(task, ended=result not in ("retried", "released"))
+        self.changed(task, ended=result not in ("retried", "released", "snoozed"))
+
+    def task_expired(self, task: Task) -> None:
+        self.changed(task, ended=True)
 
     def task_changed(self, task: Task) -> None:
         self.changed(task, ended=task.status.is_final)

@@ -105,7 +105,8 @@ class TaskStore(ABC):
 
     @abstractmethod
     async def retry(self, task_id: int) -> Task:
-        """Send a failed or cancelled task back to pending with fresh attempts."""
+        """Send a failed, cancelled or expired task back to pending with fresh attempts
+        (and no expiry)."""
 
     # -- workers ---------------------------------------------------------------------
     @abstractmethod
@@ -178,6 +179,11 @@ class TaskStore(ABC):
         Returns where the task went, as ``retry_later`` does."""
 
     @abstractmethod
+    async def snooze(self, run: RunRef, delay_seconds: float) -> TaskStatus | None:
+        """processing -> pending, due after ``delay_seconds``, the attempt not counted: the
+        handler asked to run again later. Returns where the task went, as ``retry_later``."""
+
+    @abstractmethod
     async def dispatch_later(self, task_ids: Sequence[int], delay_seconds: float) -> list[int]:
         """Dispatch pending tasks again after ``delay_seconds`` (a new outbox row each);
         the ids that were pending. For tasks a worker received but will not run now: a
@@ -218,6 +224,11 @@ class TaskStore(ABC):
     @abstractmethod
     async def expire_all_leases(self) -> int:
         """End every running lease now, for the rescuer to take (single-owner start-up)."""
+
+    @abstractmethod
+    async def expire_overdue(self, limit: int, task_ids: Sequence[int] | None = None) -> list[Task]:
+        """pending -> expired for tasks whose ``expires_at`` has passed (of ``task_ids``
+        only, when given); their outbox rows go. The tasks expired, as they ended."""
 
     @abstractmethod
     async def stale_queues(self, older_than_seconds: float) -> list[str]:

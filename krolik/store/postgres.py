@@ -100,22 +100,24 @@ WITH new AS (
     INSERT INTO krolik_tasks (
         name, queue, payload, status, attempts, max_attempts, timeout_seconds,
         request_id, created_by, webhook_url, traceparent, cancel_requested, run_at,
-        created_at, updated_at
+        expires_at, created_at, updated_at
     )
     SELECT n, q, p::jsonb, 'pending', 0, m, t, r, c, w, tp, false,
            coalesce(ra, clock_timestamp() + make_interval(secs => d)),
+           coalesce(ea, clock_timestamp() + make_interval(secs => ei)),
            clock_timestamp(), clock_timestamp()
     FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::text[],
-        $7::text[], $8::timestamptz[], $9::float8[], $10::text[], $11::text[]
-    ) WITH ORDINALITY AS u(n, q, p, m, t, r, c, ra, d, w, tp, ord)
+        $7::text[], $8::timestamptz[], $9::float8[], $10::text[], $11::text[],
+        $12::timestamptz[], $13::float8[]
+    ) WITH ORDINALITY AS u(n, q, p, m, t, r, c, ra, d, w, tp, ea, ei, ord)
     ORDER BY ord
     RETURNING *
 ), dispatch AS (
     INSERT INTO krolik_outbox (task_id, queue, name, available_at, claimed_until)
     SELECT id, queue, name, run_at,
-           CASE WHEN $12::float8 IS NOT NULL AND run_at <= clock_timestamp()
-                THEN clock_timestamp() + make_interval(secs => $12) END
+           CASE WHEN $14::float8 IS NOT NULL AND run_at <= clock_timestamp()
+                THEN clock_timestamp() + make_interval(secs => $14) END
     FROM new
     RETURNING id, task_id, claimed_until IS NOT NULL AS handed
 )
@@ -123,7 +125,7 @@ SELECT {columns}, CASE WHEN dispatch.handed THEN dispatch.id END
 FROM new JOIN dispatch ON dispatch.task_id = new.id
 ORDER BY new.id
 """.format(columns=returning("new"))
-"""With $12 (seconds), the outbox rows of tasks due at once are written claimed for
+"""With $14 (seconds), the outbox rows of tasks due at once are written claimed for
 the caller, and the last column is their id (see ``TaskStore.enqueue``)."""
 
 
@@ -150,6 +152,7 @@ SET status = 'processing',
 FROM unnest($1::bigint[]) AS c(id), unnest($4::text[], $5::int[]) AS h(name, default_max)
 WHERE t.id = c.id AND t.name IS NOT DISTINCT FROM h.name
   AND t.status IS NOT DISTINCT FROM 'pending' AND t.run_at <= now()
+  AND (t.expires_at IS NULL OR t.expires_at > now())
 RETURNING {columns}
 """.format(columns=returning("t"))
 
@@ -513,7 +516,7 @@ class PostgresTaskStore(SqlTaskStore):
 
 def _enqueue_arguments(new_tasks: Sequence[NewTask], claim_seconds: float | None) -> list[Any]:
     """ENQUEUE_SQL's arguments: one array per column, then the claim's seconds."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [], [])
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(13))
     for new in new_tasks:
         for column, value in zip(
             columns,
@@ -529,6 +532,8 @@ def _enqueue_arguments(new_tasks: Sequence[NewTask], claim_seconds: float | None
                 float(new.delay_seconds or 0),
                 new.webhook_url,
                 new.traceparent,
+                new.expires_at.astimezone(UTC) if new.expires_at is not None else None,
+                new.expires_in_seconds,
             ),
             strict=True,
         ):

@@ -35,6 +35,9 @@ class NewTask:
     """Where to POST the task's record when it ends (checked by the submitter)."""
     traceparent: str | None = None
     """The W3C trace context of the submit, if it came with one."""
+    expires_at: datetime | None = None
+    expires_in_seconds: float | None = None
+    """Not started by then (or this long after the insert), the task ends expired."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ class Task:
     """The running handler's last report: ``{"fraction", "message", "at"}``, or None."""
     webhook_url: str | None = None
     traceparent: str | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +234,7 @@ class QueueStats:
     cancelled_last_hour: int
     oldest_pending_at: datetime | None
     """When the oldest due pending task became due."""
+    expired_last_hour: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,7 @@ class SqliteTaskStore(SqlTaskStore):
                         tasks.c.status == PENDING,
                         tasks.c.run_at <= now,
                         tasks.c.name.in_(list(handlers)),
+                        or_(tasks.c.expires_at.is_(None), tasks.c.expires_at > now),
                     )
                     .values(
                         status=PROCESSING,

@@ -87,6 +87,8 @@ tasks = Table(
     # The W3C trace context the submit came with: the spans of its runs (with the
     # OpenTelemetry extra) are its children.
     Column("traceparent", Text, nullable=True),
+    # A task not started by then ends expired and never runs (the claim refuses it).
+    Column("expires_at", Timestamp, nullable=True),
     CheckConstraint(f"status IN ({_status_list})", name="status"),
     CheckConstraint("attempts >= 0", name="attempts"),
     CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
@@ -105,6 +107,12 @@ tasks = Table(
         "run_at",
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_krolik_tasks_pending_expires_at",
+        "expires_at",
+        postgresql_where=text("status = 'pending' AND expires_at IS NOT NULL"),
+        sqlite_where=text("status = 'pending' AND expires_at IS NOT NULL"),
     ),
     Index(
         "ix_krolik_tasks_processing_lease",

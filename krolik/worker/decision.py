@@ -24,6 +24,8 @@ class Verdict(StrEnum):
     CANCEL = "cancel"
     RELEASE = "release"
     """Back to pending at once, the attempt not counted (the worker is shutting down)."""
+    SNOOZE = "snooze"
+    """Back to pending after ``delay_seconds``, the attempt not counted (the handler asked)."""
     ABANDON = "abandon"
     """Nothing to write: the run lost its lease, another run owns the task now."""
 
@@ -44,6 +46,8 @@ def decide(
     """The transition an outcome calls for, at ``attempt`` of ``max_attempts``."""
     if outcome.kind is OutcomeKind.SUCCEEDED:
         return Decision(Verdict.COMPLETE)
+    if outcome.kind is OutcomeKind.SNOOZED:
+        return Decision(Verdict.SNOOZE, outcome.snooze_seconds)
     if outcome.kind is OutcomeKind.FAILED:
         if attempt < max_attempts:
             return Decision(Verdict.RETRY, backoff.delay(attempt, rng))

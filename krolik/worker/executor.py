@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from krolik.registry import Handler, ProgressSink, TaskContext
+from krolik.snooze import Snooze
 from krolik.store.records import RunRef, Task
 
 
@@ -25,6 +26,8 @@ class OutcomeKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
+    SNOOZED = "snoozed"
+    """The handler raised or returned ``Snooze``: run again later, attempt not counted."""
 
 
 @dataclass(slots=True)
@@ -34,6 +37,7 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     stop_reason: StopReason | None = None
+    snooze_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -95,6 +99,10 @@ async def execute(run: Run) -> Outcome:
         if not run.cancel_sent:
             raise  # cancelled from outside: not ours to turn into an outcome
         return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason or StopReason.SHUTDOWN)
+    except Snooze as snooze:
+        if run.stop_reason is not None:
+            return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason)
+        return Outcome(OutcomeKind.SNOOZED, snooze_seconds=snooze.seconds)
     except Exception as exc:
         if run.stop_reason is not None:  # the handler turned the stop into an error
             return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason)
@@ -116,6 +124,8 @@ async def execute(run: Run) -> Outcome:
         # It blocked the event loop past its timeout, so the timer never got to fire:
         # the timeout holds all the same.
         return _timed_out(run)
+    if isinstance(result, Snooze):
+        return Outcome(OutcomeKind.SNOOZED, snooze_seconds=result.seconds)
     try:
         orjson.dumps(result)
     except TypeError as err:

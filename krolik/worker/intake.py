@@ -41,6 +41,15 @@ UNSERVED_RECHECK_SECONDS = 5.0
 """A task whose handler no live worker has is looked at again after this."""
 
 
+def is_overdue(task: Task) -> bool:
+    """A pending task past its ``expires_at`` (by this clock; the store's decides)."""
+    return (
+        task.status is TaskStatus.PENDING
+        and task.expires_at is not None
+        and task.expires_at <= datetime.now(UTC)
+    )
+
+
 class _Once:
     """A delivery settled at most once, whatever path gets there first."""
 
@@ -224,13 +233,17 @@ class Intake:
                 await self._dead_letter_part(once, message, reason)
             elif task.status is TaskStatus.PENDING and task.name not in self.registry.handlers:
                 unserved.append(TaskMessage(task.id, task.name, task.queue))
+            elif is_overdue(task):
+                for ended in await self.store.expire_overdue(1, [task.id]):
+                    self._log.info("task_expired", task_id=ended.id)
+                    self.observer.task_expired(ended)
             else:
                 self.stats.skipped += 1
                 self._log.info(
                     "delivery_skipped",
                     task_id=message.task_id,
                     redelivered=once.delivery.redelivered,
-                    reason="not claimable: duplicate, stale, cancelled or not yet due",
+                    reason="not claimable: duplicate, stale, cancelled, expired or not yet due",
                 )
         return not unserved or await self._put_back_unserved(once, unserved, whole)
 

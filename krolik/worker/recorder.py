@@ -101,6 +101,14 @@ class Recorder:
                     "task_retry_scheduled", error=error, delay_seconds=decision.delay_seconds
                 )
                 return "retried"
+        elif verdict is Verdict.SNOOZE:
+            landed = await self._persist(lambda: self.store.snooze(ref, decision.delay_seconds))
+            if landed is TaskStatus.CANCELLED:
+                return self._cancelled_meanwhile(logger)
+            if landed is not None:
+                self.stats.snoozed += 1
+                logger.info("task_snoozed", delay_seconds=decision.delay_seconds)
+                return "snoozed"
         elif verdict is Verdict.FAIL:
             if await self._persist(lambda: self.store.fail(ref, error, outcome.traceback)):
                 self.stats.failed += 1

@@ -13,6 +13,7 @@ class WorkerStats:
     retried: int = 0
     cancelled: int = 0
     released: int = 0
+    snoozed: int = 0
     skipped: int = 0
     dead_lettered: int = 0
     declined: int = 0

@@ -25,6 +25,7 @@ from krolik.api.app import create_app
 from krolik.builtin_tasks import builtin_registry
 from krolik.embedded import Embedded
 from krolik.registry import Registry, TaskContext
+from krolik.snooze import Snooze
 from krolik.worker import Worker
 from tests.conftest import test_settings as settings_for_tests
 
@@ -59,6 +60,24 @@ async def reports_progress(payload: Any, context: TaskContext) -> int:
         await asyncio.sleep(0)
     await asyncio.sleep(payload.get("linger", 1.5))
     return int(payload["steps"])
+
+
+SNOOZES = "contract.snoozes"
+RUNS: dict[int, int] = {}
+"""How many times each task of ``SNOOZES`` ran, by id."""
+
+
+@handlers.task(name=SNOOZES, max_attempts=1)
+async def snoozes(payload: Any, context: TaskContext) -> Any:
+    """Snoozes ``times`` times (raising, or returning it with ``"return": true``), then
+    says how many runs it took."""
+    runs = RUNS[context.task_id] = RUNS.get(context.task_id, 0) + 1
+    if runs <= payload["times"]:
+        snooze = Snooze(payload.get("seconds", 0.1))
+        if payload.get("return"):
+            return snooze
+        raise snooze
+    return {"runs": runs, "attempt": context.attempt}
 
 
 @pytest.fixture

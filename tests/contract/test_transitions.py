@@ -72,6 +72,9 @@ async def make_task(store: TaskStore, status: TaskStatus) -> tuple[Task, RunRef 
         return task, None
     if status is TaskStatus.CANCELLED:
         return await store.cancel(task.id), None
+    if status is TaskStatus.EXPIRED:
+        await _expire(store, task, None)
+        return await current(store, task.id), None
     claimed = await store.claim(task.id, "worker-a", 60, HANDLERS)
     assert claimed is not None
     run = RunRef.of(claimed)
@@ -122,6 +125,11 @@ async def _rescue(store: TaskStore, task: Task, run: RunRef | None) -> Any:
     return await store.rescue_expired(100)
 
 
+async def _expire(store: TaskStore, task: Task, run: RunRef | None) -> Any:
+    await age(store, task.id, expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    return await store.expire_overdue(100)
+
+
 async def _redispatch(store: TaskStore, task: Task, run: RunRef | None) -> Any:
     await make_stale(store, task)
     return await store.redispatch_stale(60, 100)
@@ -133,6 +141,8 @@ CALLS: dict[str, Call] = {
     "fail": lambda s, t, r: s.fail(_run_of(t, r), "boom", None),
     "retry_later": lambda s, t, r: s.retry_later(_run_of(t, r), "again", None, 0),
     "release": lambda s, t, r: s.release(_run_of(t, r)),
+    "snooze": lambda s, t, r: s.snooze(_run_of(t, r), 0),
+    "expire_overdue": _expire,
     "mark_cancelled": lambda s, t, r: s.mark_cancelled(_run_of(t, r)),
     "rescue_expired": _rescue,
     "cancel": lambda s, t, r: s.cancel(t.id),

@@ -23,7 +23,9 @@ def test_every_transition_is_described():
 
 
 def test_final_states():
-    assert {TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED} == FINAL_STATES
+    assert {TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED} == (
+        FINAL_STATES
+    )
     for status in TaskStatus:
         assert status.is_final is (status in FINAL_STATES)
     assert not TaskStatus.PENDING.is_final
@@ -50,5 +52,6 @@ def test_status_values_are_the_stored_strings():
         "done",
         "failed",
         "cancelled",
+        "expired",  # new in 0.2; the seed's statuses are unchanged
     ]
     assert TaskStatus("processing") is TaskStatus.PROCESSING

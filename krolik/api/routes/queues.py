@@ -24,6 +24,7 @@ class QueueOut(BaseModel):
     done_last_hour: int
     failed_last_hour: int
     cancelled_last_hour: int
+    expired_last_hour: int = 0
     oldest_pending_age_seconds: float | None
     consumers: int | None = Field(description="Consumers on the broker queue; null if unknown.")
     broker_messages: int | None = Field(description="Messages ready in the broker queue.")
@@ -56,6 +57,7 @@ async def list_queues(
                 done_last_hour=item.done_last_hour if item else 0,
                 failed_last_hour=item.failed_last_hour if item else 0,
                 cancelled_last_hour=item.cancelled_last_hour if item else 0,
+                expired_last_hour=item.expired_last_hour if item else 0,
                 oldest_pending_age_seconds=max((now - oldest).total_seconds(), 0.0)
                 if oldest
                 else None,

@@ -203,11 +203,14 @@ def _new_task(
         created_by=caller.name,
         webhook_url=body.webhook_url,
         traceparent=traceparent,
+        expires_at=body.expires_at,
+        expires_in_seconds=body.expires_in,
     )
 
 
 WAIT_DESCRIPTION = (
-    "Seconds to wait for the task to finish (done, failed or cancelled) before answering; "
+    "Seconds to wait for the task to finish (done, failed, cancelled or expired) before "
+    "answering; "
     "the answer comes as soon as it does, or with its state when the wait ends. "
     "Capped by APP__RESULTS__MAX_WAIT_SECONDS (60 by default)."
 )

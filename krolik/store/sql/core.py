@@ -23,6 +23,7 @@ PROCESSING = TaskStatus.PROCESSING.value
 DONE = TaskStatus.DONE.value
 FAILED = TaskStatus.FAILED.value
 CANCELLED = TaskStatus.CANCELLED.value
+EXPIRED = TaskStatus.EXPIRED.value
 
 ENDED_RUN_COLUMNS = (
     tasks.c.id,

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, exists, func, or_, select, update
 
 from krolik.states import AttemptOutcome, TaskStatus
-from krolik.store.records import RescuedTask
+from krolik.store.records import RescuedTask, Task
 from krolik.store.sql.core import (
     CANCELLED,
     ENDED_RUN_COLUMNS,
+    EXPIRED,
     FAILED,
     PENDING,
     PROCESSING,
     SqlCore,
 )
+from krolik.store.sql.rows import row_to_task
 from krolik.store.tables import outbox, tasks
 
 
@@ -95,6 +97,43 @@ class MaintenanceStatements(SqlCore):
         )
         async with self._tx() as conn:
             return len((await conn.execute(stmt)).all())
+
+    async def expire_overdue(self, limit: int, task_ids: Sequence[int] | None = None) -> list[Task]:
+        now, clock = self.dialect.now(), self.dialect.clock()
+        condition = and_(
+            tasks.c.status == PENDING,
+            tasks.c.expires_at.is_not(None),
+            tasks.c.expires_at <= now,
+        )
+        if task_ids is not None:
+            if not task_ids:
+                return []
+            condition = and_(condition, tasks.c.id.in_(list(task_ids)))
+        overdue = (
+            select(tasks.c.id)
+            .where(condition)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(overdue), tasks.c.status == PENDING, tasks.c.expires_at <= now)
+            .values(
+                status=EXPIRED,
+                error="expired: not started by its expires_at",
+                traceback=None,
+                finished_at=clock,
+                updated_at=clock,
+            )
+            .returning(*tasks.c)
+        )
+        async with self._tx() as conn:
+            expired = [row_to_task(row) for row in (await conn.execute(stmt)).mappings().all()]
+            if expired:
+                ids = [task.id for task in expired]
+                await conn.execute(delete(outbox).where(outbox.c.task_id.in_(ids)))
+        return sorted(expired, key=lambda task: task.id)
 
     def _stale(self, older_than_seconds: float) -> ColumnElement[bool]:
         """Due pending tasks whose message went out at least that long ago (they became

@@ -26,6 +26,7 @@ TIMESTAMPS = (
     "updated_at",
     "started_at",
     "finished_at",
+    "expires_at",
 )
 
 

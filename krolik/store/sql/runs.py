@@ -25,6 +25,9 @@ from krolik.store.sql.core import (
 )
 from krolik.store.tables import outbox, tasks
 
+NOT_COUNTED = frozenset({AttemptOutcome.RELEASED, AttemptOutcome.SNOOZED})
+"""Runs that end without counting an attempt (the worker stopped; the handler snoozed)."""
+
 
 class RunStatements(SqlCore):
     @staticmethod
@@ -137,7 +140,7 @@ class RunStatements(SqlCore):
                 await self._dispatch(conn, [row])
             ended = outcome if row["status"] == PENDING else AttemptOutcome.CANCELLED
             record = dict(row)
-            if outcome is AttemptOutcome.RELEASED:  # the error is an earlier attempt's
+            if outcome in NOT_COUNTED:  # the error is an earlier attempt's
                 record["error"] = record["traceback"] = None
             await self._record_attempts(
                 conn, [(record, ended)], worker_id=run.worker_id, attempt=run.attempt
@@ -158,6 +161,14 @@ class RunStatements(SqlCore):
     async def release(self, run: RunRef) -> TaskStatus | None:
         return await self._back_to_pending(
             run, AttemptOutcome.RELEASED, self.dialect.clock(), attempts=tasks.c.attempts - 1
+        )
+
+    async def snooze(self, run: RunRef, delay_seconds: float) -> TaskStatus | None:
+        return await self._back_to_pending(
+            run,
+            AttemptOutcome.SNOOZED,
+            self.dialect.later(delay_seconds),
+            attempts=tasks.c.attempts - 1,
         )
 
     async def dispatch_later(self, task_ids: Sequence[int], delay_seconds: float) -> list[int]:

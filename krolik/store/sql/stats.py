@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, select
 
 from krolik.store.records import OutboxStats, QueueStats
-from krolik.store.sql.core import CANCELLED, DONE, FAILED, PENDING, PROCESSING, SqlCore
+from krolik.store.sql.core import CANCELLED, DONE, EXPIRED, FAILED, PENDING, PROCESSING, SqlCore
 from krolik.store.sql.rows import aware
 from krolik.store.tables import outbox, tasks
 
@@ -56,6 +56,7 @@ class StatsStatements(SqlCore):
                 done_last_hour=recent.get((row["queue"], DONE), 0),
                 failed_last_hour=recent.get((row["queue"], FAILED), 0),
                 cancelled_last_hour=recent.get((row["queue"], CANCELLED), 0),
+                expired_last_hour=recent.get((row["queue"], EXPIRED), 0),
                 oldest_pending_at=aware(row["oldest_pending_at"]),
             )
             for row in live_rows
@@ -70,6 +71,7 @@ class StatsStatements(SqlCore):
                 done_last_hour=recent.get((queue, DONE), 0),
                 failed_last_hour=recent.get((queue, FAILED), 0),
                 cancelled_last_hour=recent.get((queue, CANCELLED), 0),
+                expired_last_hour=recent.get((queue, EXPIRED), 0),
                 oldest_pending_at=None,
             )
         return sorted(stats.values(), key=lambda item: item.queue)

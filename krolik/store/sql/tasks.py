@@ -17,7 +17,7 @@ from sqlalchemy.types import Float
 
 from krolik.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
 from krolik.store.records import Attempt, Enqueued, NewTask, Task, TaskFilter
-from krolik.store.sql.core import CANCELLED, FAILED, PENDING, PROCESSING, SqlCore
+from krolik.store.sql.core import CANCELLED, EXPIRED, FAILED, PENDING, PROCESSING, SqlCore
 from krolik.store.sql.rows import row_to_attempt, row_to_task
 from krolik.store.tables import Timestamp, attempts, outbox, tasks
 
@@ -83,6 +83,7 @@ class TaskStatements(SqlCore):
             "attempts": 0,
             "cancel_requested": False,
             "run_at": self._due_at(),
+            "expires_at": self._expires_at(),
             "created_at": now,
             "updated_at": now,
         }
@@ -104,6 +105,8 @@ class TaskStatements(SqlCore):
             "traceparent": new.traceparent,
             "p_run_at": new.run_at.astimezone(UTC) if new.run_at is not None else None,
             "p_delay": float(new.delay_seconds or 0),
+            "p_expires_at": new.expires_at.astimezone(UTC) if new.expires_at is not None else None,
+            "p_expires_in": new.expires_in_seconds,
         }
 
     def _due_at(self) -> ColumnElement[datetime]:
@@ -111,6 +114,15 @@ class TaskStatements(SqlCore):
         return func.coalesce(
             bindparam("p_run_at", type_=Timestamp),
             self.dialect.later_by(bindparam("p_delay", type_=Float)),
+        )
+
+    def _expires_at(self) -> ColumnElement[datetime]:
+        """A new task's expires_at: the ``p_expires_at`` given, else ``p_expires_in``
+        seconds from now, else none."""
+        expires_in = bindparam("p_expires_in", type_=Float)
+        return func.coalesce(
+            bindparam("p_expires_at", type_=Timestamp),
+            case((expires_in.is_not(None), self.dialect.later_by(expires_in)), else_=None),
         )
 
     async def _enqueue_keyed(
@@ -276,7 +288,10 @@ class TaskStatements(SqlCore):
                 (
                     await conn.execute(
                         update(tasks)
-                        .where(tasks.c.id == task_id, tasks.c.status.in_([FAILED, CANCELLED]))
+                        .where(
+                            tasks.c.id == task_id,
+                            tasks.c.status.in_([FAILED, CANCELLED, EXPIRED]),
+                        )
                         .values(
                             status=PENDING,
                             attempts=0,
@@ -286,6 +301,7 @@ class TaskStatements(SqlCore):
                             traceback=None,
                             cancel_requested=False,
                             run_at=now,
+                            expires_at=None,
                             finished_at=None,
                             updated_at=now,
                         )
