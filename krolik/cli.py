@@ -21,6 +21,7 @@ from krolik.process import run_loop, serve_api, serve_relay, serve_worker
 from krolik.registry import Registry, default_registry
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
+from krolik.store.records import PruneRule
 
 cli = typer.Typer(
     name="krolik",
@@ -152,7 +153,7 @@ keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 cli.add_typer(keys_cli, name="keys")
 DataOption = Annotated[
     Path | None,
-    typer.Option("--data", help="Manage the keys of a krolik dev data file instead of PostgreSQL."),
+    typer.Option("--data", help="Use a krolik dev data file instead of PostgreSQL."),
 ]
 
 
@@ -222,6 +223,56 @@ def keys_revoke(
         typer.echo(f"error: no active key named {name!r}", err=True)
         raise SystemExit(1)
     typer.echo(f"revoked key {name!r}")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _queues_of(rule: PruneRule) -> str:
+    if rule.queues is not None:
+        return ",".join(rule.queues)
+    return "*" if not rule.except_queues else f"* but {','.join(rule.except_queues)}"
+
+
+@cli.command()
+def prune(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be deleted.")
+    ] = False,
+    data: DataOption = None,
+) -> None:
+    """Delete finished tasks past their retention now (APP__RETENTION__...), as the
+    cleaner beside each worker does; with --dry-run, show what would go."""
+    from krolik.retention import retention_rules
+
+    settings = load_settings()
+    rules = retention_rules(settings.retention)
+
+    async def run(store: TaskStore) -> list[tuple[str, str, str, int]]:
+        lines = []
+        for rule in rules:
+            kept = _age(rule.older_than_seconds)
+            if dry_run:
+                counts = await store.count_prunable(rule)
+                lines += [(rule.status.value, q, kept, n) for q, n in sorted(counts.items())]
+                continue
+            deleted = 0
+            while (batch := await store.prune(rule, settings.retention.batch_size)) > 0:
+                deleted += batch
+            lines.append((rule.status.value, _queues_of(rule), kept, deleted))
+        return lines
+
+    lines = asyncio.run(_with_store(settings, data, run))
+    verb = "would be deleted" if dry_run else "deleted"
+    typer.echo(f"{'status':<10} {'queue':<24} {'kept for':<9} {verb}")
+    for status, queue, kept, count in lines:
+        typer.echo(f"{status:<10} {queue:<24} {kept:<9} {count:,}")
+    total = sum(line[3] for line in lines)
+    typer.echo(f"{total:,} finished tasks {verb}")
 
 
 def main() -> None:

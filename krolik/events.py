@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from krolik.log import get_logger
+from krolik.states import TaskStatus
 from krolik.store.records import RescuedTask, Task
 
 log = get_logger(__name__)
@@ -31,6 +32,10 @@ class Observer:
 
     def task_expired(self, task: Task) -> None:
         """A pending task was not started by its ``expires_at``: it ended expired."""
+
+    def tasks_pruned(self, status: TaskStatus, count: int, seconds: float) -> None:
+        """The cleaner deleted ``count`` finished tasks of ``status`` in one batch that
+        took ``seconds``."""
 
     def task_rescued(self, rescued: RescuedTask) -> None:
         """The rescuer took a run whose lease expired (``rescued.status``: where it went)."""
@@ -91,6 +96,9 @@ class Observers(Observer):
 
     def task_expired(self, task: Task) -> None:
         self._call("task_expired", task)
+
+    def tasks_pruned(self, status: TaskStatus, count: int, seconds: float) -> None:
+        self._call("tasks_pruned", status, count, seconds)
 
     def task_changed(self, task: Task) -> None:
         self._call("task_changed", task)

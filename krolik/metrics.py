@@ -32,6 +32,7 @@ from krolik.events import Observer
 from krolik.store.records import OutboxStats, QueueStats, RescuedTask, Task
 
 if TYPE_CHECKING:
+    from krolik.states import TaskStatus
     from krolik.store.replica import ReplicaReads, StatusReads
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreGauges"]
@@ -70,6 +71,18 @@ class Metrics(Observer):
         )
         self.expired = counter(
             "krolik_tasks_expired", "Pending tasks not started by their expires_at.", by_task
+        )
+        self.pruned = counter(
+            "krolik_tasks_pruned",
+            "Finished tasks deleted by the cleaner after their retention.",
+            ["status"],
+        )
+        self.prune_batches = Histogram(
+            "krolik_prune_batch_duration_seconds",
+            "Time of one cleaner batch (one DELETE statement and its cascades).",
+            [],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
         )
         self.rescued = counter(
             "krolik_tasks_rescued", "Runs whose lease expired, taken by the rescuer.", ["status"]
@@ -184,6 +197,10 @@ class Metrics(Observer):
 
     def task_expired(self, task: Task) -> None:
         self.labelled(self.expired, task.name, task.queue).inc()
+
+    def tasks_pruned(self, status: TaskStatus, count: int, seconds: float) -> None:
+        self.labelled(self.pruned, status.value).inc(count)
+        self.prune_batches.observe(seconds)
 
     def task_rescued(self, rescued: RescuedTask) -> None:
         self.rescued.labels(rescued.status.value).inc()

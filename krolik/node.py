@@ -5,7 +5,7 @@ The mode picks the store and broker (production: PostgreSQL and RabbitMQ; embedd
 
 * ``api``: what the HTTP API needs (the submission path, API keys, rate limits, the
   store's gauges), with the outbox relay inside unless ``APP__RELAY__ENABLED=false``;
-* ``worker``: a worker and the lease rescuer;
+* ``worker``: a worker, the lease rescuer and the cleaner (retention);
 * ``relay``: an outbox relay of its own.
 
 Wherever a relay runs, the webhook sender runs beside it: both send on what the
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from krolik.metrics import StoreGauges
     from krolik.rate_limit import RateLimiter
     from krolik.results.watch import TaskWatch
+    from krolik.retention import Cleaner
     from krolik.store.replica import ReplicaReads, StatusReads
     from krolik.submit import Submitter
     from krolik.tracing.spans import TaskSpans
@@ -140,6 +141,7 @@ class Node:
     relay: OutboxRelay | None = None
     worker: Worker | None = None
     rescuer: LeaseRescuer | None = None
+    cleaner: Cleaner | None = None
     webhooks: WebhookSender | None = None
     owned: list[TaskStore | Broker] = field(default_factory=list)
     """What the node built itself and so closes; what it was given, its giver closes."""
@@ -234,6 +236,10 @@ class Node:
             node.rescuer = LeaseRescuer(
                 the_store, settings.maintenance, observer, broker=the_broker
             )
+            if settings.retention.enabled:
+                from krolik.retention import Cleaner
+
+                node.cleaner = Cleaner(the_store, settings.retention, observer)
         return node
 
     # -- life cycle ----------------------------------------------------------------------
@@ -253,6 +259,8 @@ class Node:
                 return False
         if self.rescuer is not None:
             self.rescuer.start()
+        if self.cleaner is not None:
+            self.cleaner.start()
         if self.api is not None:
             await self.api.watch.start()
         if self.webhooks is not None:
@@ -273,6 +281,8 @@ class Node:
             await self.worker.stop()
         if self.rescuer is not None:
             await self.rescuer.stop()
+        if self.cleaner is not None:
+            await self.cleaner.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self.webhooks is not None:

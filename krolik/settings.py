@@ -152,6 +152,75 @@ class MaintenanceSettings(BaseModel):
     """A due pending task older than this with nothing in the outbox is dispatched again."""
 
 
+KEEP_FOREVER = frozenset({"forever", "never", "none", "null"})
+"""What a retention setting may say instead of seconds: finished tasks are never deleted."""
+Retention = float | None
+
+
+def _retention(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in KEEP_FOREVER:
+        return None
+    return value
+
+
+class RetentionSettings(BaseModel):
+    """How long finished tasks (with their attempts, webhook deliveries and outbox rows)
+    are kept before the cleaner deletes them; ``forever`` (or null) keeps them."""
+
+    enabled: bool = True
+    done_seconds: Retention = Field(7 * 86400.0, gt=0)
+    failed_seconds: Retention = Field(30 * 86400.0, gt=0)
+    cancelled_seconds: Retention = Field(30 * 86400.0, gt=0)
+    expired_seconds: Retention = Field(30 * 86400.0, gt=0)
+    queues: dict[str, dict[str, Retention]] = Field(default_factory=dict)
+    """Per queue, by status, in seconds (or null: forever), e.g.
+    ``{"emails": {"done": 3600}}``; a status not named takes the setting above."""
+    interval_seconds: float = Field(60.0, gt=0)
+    """How often the cleaner looks; it goes on at once while batches come back full."""
+    batch_size: int = Field(500, ge=1, le=100_000)
+    """Tasks deleted per statement: each batch holds its row locks only that long."""
+
+    _forever = field_validator(
+        "done_seconds", "failed_seconds", "cancelled_seconds", "expired_seconds", mode="before"
+    )(_retention)
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_rules(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {
+                queue: {status: _retention(age) for status, age in rules.items()}
+                if isinstance(rules, dict)
+                else rules
+                for queue, rules in value.items()
+            }
+        return value
+
+    @model_validator(mode="after")
+    def _known_statuses(self) -> Self:
+        for queue, rules in self.queues.items():
+            unknown = set(rules) - set(FINISHED_STATUSES)
+            if unknown:
+                raise ValueError(
+                    f"retention of queue {queue!r} names {sorted(unknown)}; the statuses "
+                    f"kept are {', '.join(FINISHED_STATUSES)}"
+                )
+            if any(age is not None and age <= 0 for age in rules.values()):
+                raise ValueError(f"retention of queue {queue!r} must be positive seconds")
+        return self
+
+    def of(self, status: str, queue: str | None = None) -> Retention:
+        """How long tasks of ``status`` (in ``queue``) are kept; None: forever."""
+        if queue is not None and status in self.queues.get(queue, {}):
+            return self.queues[queue][status]
+        value: Retention = getattr(self, f"{status}_seconds")
+        return value
+
+
+FINISHED_STATUSES = ("done", "failed", "cancelled", "expired")
+"""The final statuses, as the retention settings name them."""
+
+
 class MetricsSettings(BaseModel):
     stuck_after_seconds: float = Field(600.0, gt=0)
     """A task processing longer than this counts as stuck (the seed's 10 minutes)."""
@@ -270,6 +339,7 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)

@@ -21,6 +21,7 @@ from krolik.store.records import (
     NewTask,
     OutboxEntry,
     OutboxStats,
+    PruneRule,
     QueueStats,
     RescuedTask,
     RunRef,
@@ -259,6 +260,16 @@ class TaskStore(ABC):
     @abstractmethod
     async def count_pending(self, queue: str) -> int:
         """Pending tasks of ``queue`` (due or not), for the per-queue bound."""
+
+    # -- retention -------------------------------------------------------------------
+    @abstractmethod
+    async def prune(self, rule: PruneRule, limit: int) -> int:
+        """Delete up to ``limit`` finished tasks the rule names (oldest first), with their
+        attempts, deliveries and outbox rows; how many went. Never a task not final."""
+
+    @abstractmethod
+    async def count_prunable(self, rule: PruneRule) -> dict[str, int]:
+        """What ``prune`` would delete under the rule, all batches together, by queue."""
 
     # -- API keys --------------------------------------------------------------------
     @abstractmethod

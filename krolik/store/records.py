@@ -238,6 +238,17 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PruneRule:
+    """Finished tasks of one status, finished longer ago than ``older_than_seconds``, of
+    ``queues`` (None: any queue) except ``except_queues``: what the cleaner deletes."""
+
+    status: TaskStatus
+    older_than_seconds: float
+    queues: tuple[str, ...] | None = None
+    except_queues: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     backlog: int
     """Due outbox rows not yet published."""

@@ -44,6 +44,8 @@ NOT_TRANSITIONS = {
     "claim_deliveries", "record_deliveries", "deliveries_of",
     # the store's word of ended tasks (PostgreSQL's NOTIFY), a hint like a change notice
     "listen_ended",
+    # retention: finished tasks deleted, none changes state
+    "prune", "count_prunable",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip

@@ -109,16 +109,22 @@ class MaintenanceStatements(SqlCore):
             if not task_ids:
                 return []
             condition = and_(condition, tasks.c.id.in_(list(task_ids)))
+        # Chosen once (see ``prune``): a rescanned subquery could take more than ``limit``.
         overdue = (
             select(tasks.c.id)
             .where(condition)
             .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
+            .cte("overdue")
+            .prefix_with("MATERIALIZED")
         )
         stmt = (
             update(tasks)
-            .where(tasks.c.id.in_(overdue), tasks.c.status == PENDING, tasks.c.expires_at <= now)
+            .where(
+                tasks.c.id.in_(select(overdue.c.id)),
+                tasks.c.status == PENDING,
+                tasks.c.expires_at <= now,
+            )
             .values(
                 status=EXPIRED,
                 error="expired: not started by its expires_at",

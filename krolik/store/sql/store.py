@@ -12,6 +12,7 @@ from krolik.store.sql.deliveries import DeliveryStatements
 from krolik.store.sql.keys import KeyStatements
 from krolik.store.sql.maintenance import MaintenanceStatements
 from krolik.store.sql.outbox import OutboxStatements
+from krolik.store.sql.retention import RetentionStatements
 from krolik.store.sql.runs import RunStatements
 from krolik.store.sql.stats import StatsStatements
 from krolik.store.sql.tasks import TaskStatements
@@ -27,6 +28,7 @@ class SqlTaskStore(
     WorkerStatements,
     StatsStatements,
     DeliveryStatements,
+    RetentionStatements,
     TaskStore,
 ):
     """The store over a SQLAlchemy async engine; the subclass of each database adds
