@@ -17,7 +17,7 @@ from krolik.builtin_tasks import builtin_registry
 from krolik.errors import ConfigurationError, InvalidTransition
 from krolik.log import configure_logging, get_logger
 from krolik.node import Mode, Node, Role, build_store
-from krolik.process import run_loop, serve_api, serve_relay, serve_worker
+from krolik.process import run_loop, serve_api, serve_until_stopped, serve_worker
 from krolik.registry import Registry, default_registry
 from krolik.settings import Settings
 from krolik.store.base import TaskStore
@@ -146,7 +146,16 @@ def dev(
 def relay() -> None:
     """Run an outbox relay on its own (several may run at once)."""
     settings = load_settings()
-    run_loop(serve_relay(Node.build(settings, {Role.RELAY})))
+    run_loop(serve_until_stopped(Node.build(settings, {Role.RELAY})))
+
+
+@cli.command()
+def scheduler(app: AppOption = None) -> None:
+    """Run a scheduler on its own: make the tasks of due schedules (every worker runs one
+    too; any number may run, each tick makes one task)."""
+    settings = load_settings()
+    node = Node.build(settings, {Role.SCHEDULER}, registry=load_registry(app))
+    run_loop(serve_until_stopped(node))
 
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

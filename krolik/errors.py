@@ -46,6 +46,10 @@ class IdempotencyConflict(InvalidTransition):
     """This idempotency key was used before with a different request body."""
 
 
+class ScheduleNotFound(KrolikError):
+    """No schedule of that name."""
+
+
 class SubmissionRefused(KrolikError):
     """The submission is not acceptable as it is (a queue not allowed, a batch too big)."""
 

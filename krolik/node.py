@@ -6,7 +6,9 @@ The mode picks the store and broker (production: PostgreSQL and RabbitMQ; embedd
 * ``api``: what the HTTP API needs (the submission path, API keys, rate limits, the
   store's gauges), with the outbox relay inside unless ``APP__RELAY__ENABLED=false``;
 * ``worker``: a worker, the lease rescuer and the cleaner (retention);
-* ``relay``: an outbox relay of its own.
+* ``relay``: an outbox relay of its own;
+* ``scheduler``: a scheduler of its own (a worker runs one too, unless
+  ``APP__SCHEDULER__ENABLED=false``).
 
 Wherever a relay runs, the webhook sender runs beside it: both send on what the
 database holds (the outbox, the deliveries) and scale the same way.
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from krolik.rate_limit import RateLimiter
     from krolik.results.watch import TaskWatch
     from krolik.retention import Cleaner
+    from krolik.schedules.scheduler import Scheduler
     from krolik.store.replica import ReplicaReads, StatusReads
     from krolik.submit import Submitter
     from krolik.tracing.spans import TaskSpans
@@ -67,6 +70,7 @@ class Role(StrEnum):
     API = "api"
     WORKER = "worker"
     RELAY = "relay"
+    SCHEDULER = "scheduler"
 
 
 # The implementations, and each role's services, are imported where they are built: a
@@ -142,6 +146,7 @@ class Node:
     worker: Worker | None = None
     rescuer: LeaseRescuer | None = None
     cleaner: Cleaner | None = None
+    scheduler: Scheduler | None = None
     webhooks: WebhookSender | None = None
     owned: list[TaskStore | Broker] = field(default_factory=list)
     """What the node built itself and so closes; what it was given, its giver closes."""
@@ -240,6 +245,17 @@ class Node:
                 from krolik.retention import Cleaner
 
                 node.cleaner = Cleaner(the_store, settings.retention, observer)
+        if Role.SCHEDULER in roles or (Role.WORKER in roles and settings.scheduler.enabled):
+            from krolik.schedules.scheduler import Scheduler
+
+            node.scheduler = Scheduler(
+                the_store,
+                settings.scheduler,
+                default_queue=settings.default_queue,
+                registry=registry,
+                observer=observer,
+                relay=node.relay,
+            )
         return node
 
     # -- life cycle ----------------------------------------------------------------------
@@ -261,6 +277,8 @@ class Node:
             self.rescuer.start()
         if self.cleaner is not None:
             self.cleaner.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         if self.api is not None:
             await self.api.watch.start()
         if self.webhooks is not None:
@@ -283,6 +301,8 @@ class Node:
             await self.rescuer.stop()
         if self.cleaner is not None:
             await self.cleaner.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self.webhooks is not None:

@@ -1,6 +1,6 @@
 """A node run as a process: the event loop, the signals that stop it, what it serves.
 
-``krolik api`` serves the node's app with uvicorn; ``krolik worker`` and ``krolik relay``
+``krolik api`` serves the node's app with uvicorn; ``krolik worker``, ``relay`` and ``scheduler``
 run the node until SIGTERM or SIGINT (a worker may also serve its metrics and health
 port, or, with ``--burst``, stop by itself once nothing it can run is due).
 """
@@ -97,7 +97,7 @@ async def _until_drained(node: Node, stop: asyncio.Event) -> None:
     log.info("worker_burst_done", **vars(worker.stats))
 
 
-async def serve_relay(node: Node) -> None:
+async def serve_until_stopped(node: Node) -> None:
     stop = stop_on_signals()
     await node.start()
     tune_garbage_collector()

@@ -52,6 +52,19 @@ class TaskContext:
 
 
 @dataclass(frozen=True, slots=True)
+class CodeSchedule:
+    """A handler's own timetable (``@task(cron=...)`` or ``@task(every=...)``): every
+    worker that has the handler writes it to the store, named after the handler."""
+
+    cron: str | None = None
+    every_seconds: float | None = None
+    tz: str = "UTC"
+    payload: JSON = None
+    queue: str | None = None
+    catch_up: str = "once"
+
+
+@dataclass(frozen=True, slots=True)
 class Handler:
     name: str
     func: HandlerFunc
@@ -59,6 +72,7 @@ class Handler:
     timeout_seconds: float | None = None
     wants_context: bool = False
     is_async: bool = True
+    schedule: CodeSchedule | None = None
 
     async def run(self, payload: JSON, context: TaskContext) -> JSON:
         """Run the handler; a plain function runs in a thread of its own."""
@@ -117,6 +131,12 @@ class Registry:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
+        payload: JSON = None,
+        queue: str | None = None,
+        catch_up: str = "once",
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -127,11 +147,25 @@ class Registry:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
+        payload: JSON = None,
+        queue: str | None = None,
+        catch_up: str = "once",
     ) -> Any:
-        """Register ``func`` as a handler; usable as ``@task`` or ``@task(name=...)``."""
+        """Register ``func`` as a handler; usable as ``@task`` or ``@task(name=...)``.
+
+        With ``cron`` (in time zone ``tz``) or ``every`` (seconds), it is also run on that
+        timetable with ``payload`` (on ``queue``), each tick exactly once whatever the
+        number of workers; ``catch_up`` says what runs for ticks missed while no worker
+        ran: ``skip``, ``once`` or ``all``."""
+        schedule = None
+        if cron is not None or every is not None:
+            schedule = CodeSchedule(cron, every, tz, payload, queue, catch_up)
 
         def register(f: F) -> F:
-            self.add(f, name=name, max_attempts=max_attempts, timeout=timeout)
+            self.add(f, name=name, max_attempts=max_attempts, timeout=timeout, schedule=schedule)
             return f
 
         return register(func) if func is not None else register
@@ -143,12 +177,15 @@ class Registry:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        schedule: CodeSchedule | None = None,
     ) -> Handler:
         task_name = name or func.__name__
         if max_attempts is not None and max_attempts < 1:
             raise ConfigurationError(f"max_attempts of {task_name!r} must be at least 1")
         if timeout is not None and timeout <= 0:
             raise ConfigurationError(f"timeout of {task_name!r} must be positive")
+        if schedule is not None:
+            _check_schedule(task_name, schedule)
         existing = self.handlers.get(task_name)
         if existing is not None and existing.func is not func:
             raise ConfigurationError(f"a handler named {task_name!r} is already registered")
@@ -159,6 +196,7 @@ class Registry:
             timeout_seconds=timeout,
             wants_context="context" in inspect.signature(func).parameters,
             is_async=_is_async(func),
+            schedule=schedule,
         )
         self.handlers[task_name] = handler
         return handler
@@ -175,6 +213,21 @@ class Registry:
     def merged(self, other: Registry) -> Registry:
         """A registry holding both; ``other`` wins on a name clash."""
         return Registry({**self.handlers, **other.handlers})
+
+
+def _check_schedule(task_name: str, schedule: CodeSchedule) -> None:
+    """A handler's timetable is checked when it is declared, not at a worker's start."""
+    from pydantic import ValidationError
+
+    from krolik.schedules.spec import ScheduledTask
+    from krolik.schedules.timing import CatchUp, InvalidSchedule, Timing
+
+    try:
+        Timing(cron=schedule.cron, every_seconds=schedule.every_seconds, tz=schedule.tz)
+        CatchUp(schedule.catch_up)
+        ScheduledTask(payload=schedule.payload, queue=schedule.queue)
+    except (InvalidSchedule, ValueError, ValidationError) as exc:
+        raise ConfigurationError(f"the schedule of {task_name!r} is not valid: {exc}") from None
 
 
 def _is_async(func: HandlerFunc) -> bool:

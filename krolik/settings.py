@@ -221,6 +221,15 @@ FINISHED_STATUSES = ("done", "failed", "cancelled", "expired")
 """The final statuses, as the retention settings name them."""
 
 
+class SchedulerSettings(BaseModel):
+    enabled: bool = True
+    """Every worker runs a scheduler (``krolik scheduler`` runs one on its own)."""
+    poll_seconds: float = Field(1.0, gt=0)
+    """How often due schedules are looked for: a tick makes its task up to this late."""
+    batch_size: int = Field(100, ge=1, le=10_000)
+    """Due schedules taken per transaction."""
+
+
 class MetricsSettings(BaseModel):
     stuck_after_seconds: float = Field(600.0, gt=0)
     """A task processing longer than this counts as stuck (the seed's 10 minutes)."""
@@ -340,6 +349,7 @@ class Settings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)

@@ -170,6 +170,7 @@ def test_settings(database: str, run_id: str, **overrides: Any) -> Settings:
         },
         "relay": {"poll_seconds": 0.05, "claim_seconds": 2},
         "maintenance": {"rescue_interval_seconds": 0.2, "redispatch_after_seconds": 60},
+        "scheduler": {"poll_seconds": 0.1},
         # Webhooks go to receivers the tests run on 127.0.0.1, signed with a known key,
         # and come back quickly after a failed try.
         "webhooks": {
@@ -201,7 +202,10 @@ async def store(settings: Settings) -> AsyncIterator[PostgresTaskStore]:
     the_store = PostgresTaskStore.from_settings(settings.db)
     async with the_store.engine.begin() as conn:
         await conn.execute(
-            text("TRUNCATE krolik_outbox, krolik_tasks, krolik_workers RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE krolik_outbox, krolik_tasks, krolik_workers, krolik_schedules "
+                "RESTART IDENTITY CASCADE"
+            )
         )
     yield the_store
     await the_store.close()

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from krolik.api.direct import DirectRoutes
 from krolik.api.edge import HttpEdge
 from krolik.api.errors import install_error_handlers
-from krolik.api.routes import events, health, queues, tasks, workers
+from krolik.api.routes import events, health, queues, schedules, tasks, workers
 from krolik.api.routes import metrics as metrics_route
 from krolik.heap import tune_garbage_collector
 from krolik.node import Node
@@ -51,6 +51,7 @@ def create_app(node: Node) -> FastAPI:
         events.router,
         queues.router,
         workers.router,
+        schedules.router,
         health.router,
         metrics_route.router,
     ):

@@ -15,6 +15,7 @@ from krolik.errors import (
     BrokerUnavailable,
     InvalidTransition,
     QueueFull,
+    ScheduleNotFound,
     StoreConflict,
     StoreUnavailable,
     SubmissionRefused,
@@ -55,6 +56,10 @@ def install_error_handlers(app: FastAPI) -> None:
         # is nested too deep to encode. The caller has its input: say where and why only.
         errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(ScheduleNotFound)
+    async def no_schedule(_: Request, exc: ScheduleNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(TaskNotFound)
     async def not_found(_: Request, exc: TaskNotFound) -> JSONResponse:

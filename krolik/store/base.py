@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from krolik.states import TaskStatus
@@ -17,7 +18,9 @@ from krolik.store.records import (
     Attempt,
     Delivery,
     DeliveryAnswer,
+    DuePlan,
     Enqueued,
+    NewSchedule,
     NewTask,
     OutboxEntry,
     OutboxStats,
@@ -25,6 +28,9 @@ from krolik.store.records import (
     QueueStats,
     RescuedTask,
     RunRef,
+    Schedule,
+    ScheduledRun,
+    ScheduleTick,
     Task,
     TaskFilter,
     WorkerInfo,
@@ -270,6 +276,47 @@ class TaskStore(ABC):
     @abstractmethod
     async def count_prunable(self, rule: PruneRule) -> dict[str, int]:
         """What ``prune`` would delete under the rule, all batches together, by queue."""
+
+    # -- schedules -------------------------------------------------------------------
+    @abstractmethod
+    async def create_schedule(self, new: NewSchedule) -> Schedule:
+        """Raise ``InvalidTransition`` if a schedule of that name exists."""
+
+    @abstractmethod
+    async def declare_schedules(self, declared: Sequence[NewSchedule]) -> list[str]:
+        """Write the schedules declared in code: new ones are created, changed ones take
+        their new definition and next run, unchanged ones keep theirs (and their pause).
+        The names refused because a schedule of the API holds them."""
+
+    @abstractmethod
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+
+    @abstractmethod
+    async def list_schedules(self) -> list[Schedule]:
+        """Every schedule, from code and from the API, by name."""
+
+    @abstractmethod
+    async def change_schedule(self, name: str, changes: Mapping[str, Any]) -> Schedule | None:
+        """Set some of its definition, ``paused`` or ``next_run_at``; None if absent."""
+
+    @abstractmethod
+    async def delete_schedule(self, name: str) -> bool:
+        """Delete it and its ticks (the tasks it made stay)."""
+
+    @abstractmethod
+    async def schedule_ticks(
+        self, name: str, *, before: datetime | None = None, limit: int = 50
+    ) -> list[ScheduleTick]:
+        """The ticks that made tasks, newest first (those before ``before``)."""
+
+    @abstractmethod
+    async def run_due_schedules(
+        self, plan: Callable[[Schedule, datetime], DuePlan], limit: int
+    ) -> list[ScheduledRun]:
+        """For up to ``limit`` due schedules (not paused, next run passed) that no other
+        scheduler holds: ``plan(schedule, now)`` says which ticks to run; each tick not
+        made before makes its task (with its outbox row) and the schedule moves to the
+        plan's next run, all in one transaction. A tick is made once, whoever asks."""
 
     # -- API keys --------------------------------------------------------------------
     @abstractmethod

@@ -249,6 +249,74 @@ class PruneRule:
 
 
 @dataclass(frozen=True, slots=True)
+class NewSchedule:
+    """A schedule to write: its timing, the task each tick makes, and its first tick."""
+
+    name: str
+    source: str
+    """``code`` (a handler's ``@task(cron=...)``) or ``api``."""
+    cron: str | None
+    every_seconds: float | None
+    tz: str
+    task: dict[str, Any]
+    """The task's fields, as the body of ``POST /tasks/`` gives them."""
+    catch_up: str
+    next_run_at: datetime
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    name: str
+    source: str
+    cron: str | None
+    every_seconds: float | None
+    tz: str
+    task: dict[str, Any]
+    catch_up: str
+    paused: bool
+    next_run_at: datetime
+    last_run_at: datetime | None
+    """The latest tick that made a task."""
+    last_task_id: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTick:
+    """A tick that made a task (the task is gone once retention deleted it)."""
+
+    schedule: str
+    tick_at: datetime
+    task_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DuePlan:
+    """What a scheduler asks for one due schedule: tasks for ``ticks`` (one each, the
+    same ``task``), then the schedule's next run."""
+
+    ticks: list[datetime]
+    next_run_at: datetime
+    task: NewTask | None
+    """None: no task can be made (the schedule's task is not valid any more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRun:
+    """What ``run_due_schedules`` did for one schedule."""
+
+    schedule: str
+    made: list[tuple[datetime, Task]]
+    """Each tick that made its task now, and the task."""
+    taken: int
+    """Ticks of the plan another scheduler had made already (none were made twice)."""
+    next_run_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     backlog: int
     """Due outbox rows not yet published."""

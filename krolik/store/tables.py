@@ -201,6 +201,56 @@ deliveries = Table(
     sqlite_autoincrement=True,
 )
 
+schedules = Table(
+    "krolik_schedules",
+    metadata,
+    # A timetable of tasks: declared in code (a handler's ``@task(cron=...)``, written here
+    # when a worker starts) or through the API. ``next_run_at`` is its next tick; a
+    # scheduler that finds it due locks the row (SKIP LOCKED), makes the due ticks' tasks
+    # and moves it on, in one transaction.
+    Column("name", Text, primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("cron", Text, nullable=True),
+    Column("every_seconds", Float, nullable=True),
+    Column("tz", Text, nullable=False),
+    # The task each tick makes, as the body of POST /tasks/ would give it.
+    Column("task", JsonValue, nullable=False),
+    Column("catch_up", Text, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("next_run_at", Timestamp, nullable=False),
+    Column("last_run_at", Timestamp, nullable=True),
+    Column("last_task_id", Id, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    CheckConstraint("source IN ('code', 'api')", name="source"),
+    CheckConstraint("catch_up IN ('skip', 'once', 'all')", name="catch_up"),
+    CheckConstraint("(cron IS NULL) <> (every_seconds IS NULL)", name="timing"),
+    Index(
+        "ix_krolik_schedules_next_run_at",
+        "next_run_at",
+        postgresql_where=text("NOT paused"),
+        sqlite_where=text("NOT paused"),
+    ),
+)
+
+schedule_ticks = Table(
+    "krolik_schedule_ticks",
+    metadata,
+    # One row per tick that made a task: its key is the schedule and the tick's time, so
+    # a second scheduler (or a second try of the same one) cannot make that tick again.
+    # It goes with its task (retention) or its schedule.
+    Column(
+        "schedule",
+        Text,
+        ForeignKey(schedules.c.name, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("tick_at", Timestamp, primary_key=True),
+    Column("task_id", Id, ForeignKey(tasks.c.id, ondelete="CASCADE"), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Index("ix_krolik_schedule_ticks_task_id", "task_id"),
+)
+
 api_keys = Table(
     "krolik_api_keys",
     metadata,

@@ -53,7 +53,7 @@ async def postgres_store(postgres_engine_store: PostgresTaskStore) -> PostgresTa
         await conn.execute(
             text(
                 "TRUNCATE krolik_outbox, krolik_attempts, krolik_deliveries, krolik_tasks, "
-                "krolik_workers, "
+                "krolik_workers, krolik_schedules, krolik_schedule_ticks, "
                 "krolik_api_keys "
                 "RESTART IDENTITY CASCADE"
             )

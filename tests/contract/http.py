@@ -25,7 +25,10 @@ from krolik.api.app import create_app
 from krolik.builtin_tasks import builtin_registry
 from krolik.embedded import Embedded
 from krolik.registry import Registry, TaskContext
+from krolik.schedules.scheduler import Scheduler
+from krolik.settings import Settings
 from krolik.snooze import Snooze
+from krolik.store.base import TaskStore
 from krolik.worker import Worker
 from tests.conftest import test_settings as settings_for_tests
 
@@ -62,6 +65,15 @@ async def reports_progress(payload: Any, context: TaskContext) -> int:
     return int(payload["steps"])
 
 
+YEARLY = "contract.yearly"
+
+
+@handlers.task(name=YEARLY, cron="@yearly", tz="Europe/Berlin", payload={"happy": "new year"})
+async def yearly(payload: Any) -> Any:
+    """A schedule declared in code (by every worker that has this handler)."""
+    return payload
+
+
 SNOOZES = "contract.snoozes"
 RUNS: dict[int, int] = {}
 """How many times each task of ``SNOOZES`` ran, by id."""
@@ -82,10 +94,19 @@ async def snoozes(payload: Any, context: TaskContext) -> Any:
 
 @pytest.fixture
 async def production_client(
-    api: httpx.AsyncClient, make_worker: Callable[..., Awaitable[Worker]]
-) -> httpx.AsyncClient:
+    api: httpx.AsyncClient,
+    make_worker: Callable[..., Awaitable[Worker]],
+    store: TaskStore,
+    settings: Settings,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API, a worker and, as every worker node runs one, a scheduler."""
     await make_worker(handlers)
-    return api
+    scheduler = Scheduler(
+        store, settings.scheduler, default_queue=settings.default_queue, registry=handlers
+    )
+    scheduler.start()
+    yield api
+    await scheduler.stop()
 
 
 @contextlib.asynccontextmanager

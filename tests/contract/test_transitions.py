@@ -46,6 +46,9 @@ NOT_TRANSITIONS = {
     "listen_ended",
     # retention: finished tasks deleted, none changes state
     "prune", "count_prunable",
+    # schedules: their own rows; due ticks make new tasks, as enqueue does
+    "create_schedule", "declare_schedules", "get_schedule", "list_schedules",
+    "change_schedule", "delete_schedule", "schedule_ticks", "run_due_schedules",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip

@@ -14,12 +14,14 @@ from krolik.store.sql.maintenance import MaintenanceStatements
 from krolik.store.sql.outbox import OutboxStatements
 from krolik.store.sql.retention import RetentionStatements
 from krolik.store.sql.runs import RunStatements
+from krolik.store.sql.schedules import ScheduleStatements
 from krolik.store.sql.stats import StatsStatements
 from krolik.store.sql.tasks import TaskStatements
 from krolik.store.sql.workers import WorkerStatements
 
 
 class SqlTaskStore(
+    ScheduleStatements,
     TaskStatements,
     RunStatements,
     MaintenanceStatements,
