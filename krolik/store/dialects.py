@@ -37,7 +37,8 @@ class Dialect(ABC):
 
     @abstractmethod
     def later_by(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
-        """``seconds`` after ``clock()``, to record (leases, retry times)."""
+        """``seconds`` after ``clock()``, to record (leases, retry times); NULL seconds
+        give NULL."""
 
     def later(self, seconds: float) -> ColumnElement[datetime]:
         return self.later_by(bindparam(None, float(seconds), type_=Float))
@@ -80,11 +81,14 @@ def _sqlite_now() -> str:
     return datetime.now(UTC).strftime(SQLITE_STORAGE_FORMAT)
 
 
-def _sqlite_later(seconds: float | None) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds or 0)).strftime(SQLITE_STORAGE_FORMAT)
+def _sqlite_later(seconds: float | None) -> str | None:
+    """NULL seconds give NULL, as PostgreSQL's interval arithmetic does."""
+    if seconds is None:
+        return None
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime(SQLITE_STORAGE_FORMAT)
 
 
-SQLITE_FUNCTIONS: dict[str, tuple[int, Callable[..., str]]] = {
+SQLITE_FUNCTIONS: dict[str, tuple[int, Callable[..., str | None]]] = {
     SQLITE_NOW: (0, _sqlite_now),
     SQLITE_LATER: (1, _sqlite_later),
 }

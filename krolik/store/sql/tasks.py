@@ -119,10 +119,11 @@ class TaskStatements(SqlCore):
     def _expires_at(self) -> ColumnElement[datetime]:
         """A new task's expires_at: the ``p_expires_at`` given, else ``p_expires_in``
         seconds from now, else none."""
-        expires_in = bindparam("p_expires_in", type_=Float)
+        # Each parameter once: a batch inserted as one multi-row statement numbers them
+        # per row, and a parameter written twice in an expression breaks that count.
         return func.coalesce(
             bindparam("p_expires_at", type_=Timestamp),
-            case((expires_in.is_not(None), self.dialect.later_by(expires_in)), else_=None),
+            self.dialect.later_by(bindparam("p_expires_in", type_=Float)),
         )
 
     async def _enqueue_keyed(

@@ -312,3 +312,26 @@ async def test_payload_and_result_round_trip_as_json(any_store: TaskStore, value
     done = await current(any_store, task.id)
     assert (done.payload, done.result) == (value, value)
     assert type(done.result) is type(value)
+
+
+async def test_a_batch_of_keyed_tasks_with_expiry_goes_in_whole(any_store: TaskStore) -> None:
+    """A batch of keyed tasks is one multi-row INSERT: every parameter of a new task's
+    columns must be numbered once per row (``expires_in`` once was written twice)."""
+    made = await any_store.enqueue(
+        [
+            NewTask(
+                name="echo",
+                queue="default",
+                payload=n,
+                idempotency_key=f"expiring-{n}",
+                expires_in_seconds=60 if n % 2 else None,
+            )
+            for n in range(3)
+        ]
+    )
+    assert [item.created for item in made] == [True] * 3
+    assert [item.task.expires_at is not None for item in made] == [False, True, False]
+    plain = await any_store.enqueue(
+        [NewTask(name="echo", queue="default", payload=n, expires_in_seconds=5) for n in (1, 2)]
+    )
+    assert all(item.task.expires_at is not None for item in plain)
