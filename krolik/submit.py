@@ -21,6 +21,7 @@ from krolik.relay import OutboxRelay, handing_over
 from krolik.settings import ApiSettings
 from krolik.store.base import TaskStore
 from krolik.store.records import Enqueued, NewTask
+from krolik.store.sql.tasks import is_plain
 from krolik.webhooks.targets import WebhookTargets
 
 COUNT_TTL_SECONDS = 1.0
@@ -80,7 +81,7 @@ class Submitter:
         ``IdempotencyConflict`` for a key seen before with another request."""
         new = self._with_webhook(new)
         await self.admission.admit(self.store, new.queue)
-        committer = self._plain if new.idempotency_key is None else self._keyed
+        committer = self._plain if is_plain(new) else self._keyed
         enqueued = await committer.submit(new)
         if enqueued.mismatch:
             raise IdempotencyConflict(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -51,6 +52,9 @@ def no_nul(value: str | None) -> str | None:
     return value
 
 
+UniqueFields = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+
 class TaskCreate(BaseModel):
     """A new task. Only ``payload`` is required, as in the seed."""
 
@@ -72,6 +76,28 @@ class TaskCreate(BaseModel):
     expires_in: Annotated[float, Field(gt=0, le=366 * 86400)] | None = Field(
         None, description="Seconds from the submit: `expires_at` counted from now."
     )
+    unique_key: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="While a task of this name holds this key (pending; running too with "
+        "`unique_running`; and for `unique_for` seconds), a submit of the same key gets "
+        "that task back (200) instead of a new one.",
+    )
+    unique_for: Annotated[float, Field(gt=0, le=366 * 86400)] | None = Field(
+        None, description="Seconds the key is held from the submit, whatever the task's state."
+    )
+    unique_fields: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
+    ) = Field(
+        None,
+        description="The key made of these fields of the (object) payload; without "
+        "`unique_key` or this, a unique task's key is made of its whole payload.",
+    )
+    unique_running: bool = Field(False, description="The key is held while the task runs too.")
+    on_duplicate: Literal["return", "replace"] = Field(
+        "return",
+        description="`replace`: a pending holder takes this submit's payload and run time "
+        "instead (debounce).",
+    )
     webhook_url: (
         Annotated[
             str,
@@ -92,7 +118,7 @@ class TaskCreate(BaseModel):
         check_json(value)
         return value
 
-    @field_validator("idempotency_key", "webhook_url")
+    @field_validator("idempotency_key", "webhook_url", "unique_key")
     @classmethod
     def _key_storable(cls, value: str | None) -> str | None:
         return no_nul(value)
@@ -110,7 +136,45 @@ class TaskCreate(BaseModel):
             raise ValueError("give run_at or delay_seconds, not both")
         if self.expires_at is not None and self.expires_in is not None:
             raise ValueError("give expires_at or expires_in, not both")
+        if self.is_unique:
+            if self.idempotency_key is not None:
+                raise ValueError("give idempotency_key or a unique key, not both")
+            if self.unique_key is not None and self.unique_fields is not None:
+                raise ValueError("give unique_key or unique_fields, not both")
+            if self.unique_fields is not None:
+                if not isinstance(self.payload, dict):
+                    raise ValueError("unique_fields needs an object payload")
+                missing = [f for f in self.unique_fields if f not in self.payload]
+                if missing:
+                    raise ValueError(f"the payload has no field {', '.join(map(repr, missing))}")
+        elif self.unique_running or self.on_duplicate != "return":
+            raise ValueError(
+                "unique_running and on_duplicate need a unique task (unique_key, unique_for "
+                "or unique_fields)"
+            )
         return self
+
+    @property
+    def is_unique(self) -> bool:
+        return (
+            self.unique_key is not None
+            or self.unique_for is not None
+            or self.unique_fields is not None
+        )
+
+    def derived_unique_key(self) -> str | None:
+        """The key: the one given, or a digest of the chosen fields (or whole payload)."""
+        if not self.is_unique:
+            return None
+        if self.unique_key is not None:
+            return self.unique_key
+        basis = (
+            {name: self.payload[name] for name in self.unique_fields}
+            if self.unique_fields is not None
+            else self.payload
+        )
+        digest = hashlib.sha256(orjson.dumps(basis, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return f"sha256:{digest}"
 
 
 class TaskBatch(BaseModel):
@@ -160,6 +224,10 @@ class TaskOut(BaseModel):
     expires_at: datetime | None = Field(
         None, description="Not started by then, it ends expired (null: never)."
     )
+    unique_key: str | None = Field(
+        None, description="The unique key it holds (null: none, or no longer held)."
+    )
+    unique_until: datetime | None = Field(None, description="It holds its key until then.")
 
     @classmethod
     def of(cls, task: Task) -> Self:

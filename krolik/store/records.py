@@ -38,6 +38,13 @@ class NewTask:
     expires_at: datetime | None = None
     expires_in_seconds: float | None = None
     """Not started by then (or this long after the insert), the task ends expired."""
+    unique_key: str | None = None
+    """With a key, a task of the same name holding it is given back instead (see
+    ``krolik_tasks.unique_key``)."""
+    unique_for_seconds: float | None = None
+    unique_running: bool = False
+    unique_replace: bool = False
+    """A pending holder takes this task's payload and run time instead (debounce)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,9 @@ class Task:
     webhook_url: str | None = None
     traceparent: str | None = None
     expires_at: datetime | None = None
+    unique_key: str | None = None
+    unique_until: datetime | None = None
+    unique_running: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,8 @@ class Enqueued:
     """The key matched a task created by a request with another body: refuse it (409)."""
     outbox: OutboxEntry | None = None
     """The task's outbox row, already claimed for the caller to publish (see ``enqueue``)."""
+    replaced: bool = False
+    """A unique key's pending holder took the new payload and run time (``unique_replace``)."""
 
 
 @dataclass(frozen=True, slots=True)

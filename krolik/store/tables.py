@@ -89,6 +89,13 @@ tasks = Table(
     Column("traceparent", Text, nullable=True),
     # A task not started by then ends expired and never runs (the claim refuses it).
     Column("expires_at", Timestamp, nullable=True),
+    # A unique task holds its key (per task name) while it is pending, while it runs if
+    # ``unique_running``, and until ``unique_until``; a submit of the same key meanwhile
+    # gets this task back. A holder no longer holding is let go (key cleared) by the next
+    # submit of its key, in that submit's transaction.
+    Column("unique_key", Text, nullable=True),
+    Column("unique_until", Timestamp, nullable=True),
+    Column("unique_running", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint(f"status IN ({_status_list})", name="status"),
     CheckConstraint("attempts >= 0", name="attempts"),
     CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
@@ -97,6 +104,14 @@ tasks = Table(
         "idempotency_scope",
         "idempotency_key",
         unique=True,
+    ),
+    Index(
+        "ix_krolik_tasks_name_unique_key",
+        "name",
+        "unique_key",
+        unique=True,
+        postgresql_where=text("unique_key IS NOT NULL"),
+        sqlite_where=text("unique_key IS NOT NULL"),
     ),
     Index("ix_krolik_tasks_queue_status", "queue", "status"),
     Index("ix_krolik_tasks_status_id", "status", "id"),

@@ -205,6 +205,10 @@ def _new_task(
         traceparent=traceparent,
         expires_at=body.expires_at,
         expires_in_seconds=body.expires_in,
+        unique_key=body.derived_unique_key(),
+        unique_for_seconds=body.unique_for,
+        unique_running=body.unique_running,
+        unique_replace=body.on_duplicate == "replace",
     )
 
 

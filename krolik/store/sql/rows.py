@@ -27,6 +27,7 @@ TIMESTAMPS = (
     "started_at",
     "finished_at",
     "expires_at",
+    "unique_until",
 )
 
 

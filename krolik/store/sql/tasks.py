@@ -11,7 +11,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, delete, func, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Float
 
@@ -31,6 +42,15 @@ def _key_of(new: NewTask) -> tuple[str, str]:
     return key_scope(new), new.idempotency_key or ""
 
 
+def is_plain(new: NewTask) -> bool:
+    """Neither an idempotency key nor a unique key: the stores' one-statement insert."""
+    return new.idempotency_key is None and new.unique_key is None
+
+
+def _unique_of(new: NewTask) -> tuple[str, str]:
+    return new.name, new.unique_key or ""
+
+
 def _mismatch(stored: str | None, sent: str | None) -> bool:
     """A key reused with another body. A task stored before fingerprints were kept, or a
     caller that sent none, matches anything."""
@@ -47,11 +67,20 @@ class TaskStatements(SqlCore):
     ) -> list[Enqueued]:
         """Tasks without an idempotency key go in with the store's plain insert (one
         statement); keyed ones with a few statements for all of them (``_enqueue_keyed``)."""
+        if any(new.idempotency_key is not None and new.unique_key is not None for new in new_tasks):
+            raise ValueError("a task has an idempotency key or a unique key, not both")
         results: dict[int, Enqueued] = {}
-        plain = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is None]
+        plain = [(i, new) for i, new in enumerate(new_tasks) if is_plain(new)]
         keyed = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is not None]
+        unique = [
+            (i, new)
+            for i, new in enumerate(new_tasks)
+            if new.idempotency_key is None and new.unique_key is not None
+        ]
         claims = self._claimed_until(new_tasks, claim_outbox_seconds)
         async with self._tx() as conn:
+            if unique:
+                results.update(await self._enqueue_unique(conn, unique, claims))
             if plain:
                 made = await self._insert_plain(
                     conn, [new for _, new in plain], claim_outbox_seconds
@@ -84,13 +113,18 @@ class TaskStatements(SqlCore):
             "cancel_requested": False,
             "run_at": self._due_at(),
             "expires_at": self._expires_at(),
+            "unique_until": self._unique_until(),
             "created_at": now,
             "updated_at": now,
         }
 
     def _new_task_params(self, new: NewTask) -> dict[str, Any]:
         keyed = new.idempotency_key is not None
+        unique = new.unique_key is not None
         return {
+            "unique_key": new.unique_key,
+            "unique_running": unique and new.unique_running,
+            "p_unique_for": new.unique_for_seconds if unique else None,
             "name": new.name,
             "queue": new.queue,
             "payload": new.payload,
@@ -125,6 +159,129 @@ class TaskStatements(SqlCore):
             bindparam("p_expires_at", type_=Timestamp),
             self.dialect.later_by(bindparam("p_expires_in", type_=Float)),
         )
+
+    def _unique_until(self) -> ColumnElement[datetime]:
+        return self.dialect.later_by(bindparam("p_unique_for", type_=Float))
+
+    async def _enqueue_unique(
+        self,
+        conn: AsyncConnection,
+        unique: Sequence[tuple[int, NewTask]],
+        claims: Sequence[datetime | None],
+    ) -> dict[int, Enqueued]:
+        """Unique tasks in a few statements whatever their number: let go of holders of
+        these keys that hold them no more, insert the new ones (a key still held makes
+        nothing: ON CONFLICT DO NOTHING), then give back each held key's holder, or, to
+        a submit that asks to replace, the pending holder with the new payload and run
+        time (its outbox row written again for that time).
+
+        Keys go in sorted order (no deadlock between two batches); a key sent twice in one
+        batch makes one task."""
+        first: dict[tuple[str, str], tuple[int, NewTask]] = {}
+        for index, new in sorted(unique, key=lambda item: _unique_of(item[1])):
+            first.setdefault(_unique_of(new), (index, new))
+        keys = list(first)
+        await conn.execute(
+            update(tasks)
+            .where(tuple_(tasks.c.name, tasks.c.unique_key).in_(keys), ~self._holding())
+            .values(unique_key=None)
+        )
+        rows = (
+            (
+                await conn.execute(
+                    self.dialect.insert(tasks)
+                    .values(**self._new_task_values())
+                    .on_conflict_do_nothing(
+                        index_elements=[tasks.c.name, tasks.c.unique_key],
+                        index_where=tasks.c.unique_key.is_not(None),
+                    )
+                    .returning(*tasks.c),
+                    [self._new_task_params(new) for _, new in first.values()],
+                )
+            )
+            .mappings()
+            .all()
+        )
+        created = {(row["name"], row["unique_key"]): row for row in rows}
+        ordered = [created[key] for key in keys if key in created]
+        entries = await self._dispatch(
+            conn, ordered, [claims[first[key][0]] for key in keys if key in created]
+        )
+        made = {
+            (row["name"], row["unique_key"]): Enqueued(row_to_task(row), created=True, outbox=e)
+            for row, e in zip(ordered, entries, strict=True)
+        }
+        holders = await self._holders(conn, [key for key in keys if key not in created])
+        results: dict[int, Enqueued] = {}
+        for index, new in unique:
+            key = _unique_of(new)
+            if key in made and first[key][0] == index:
+                results[index] = made[key]
+                continue
+            holder = made[key].task if key in made else holders.get(key)
+            if holder is None:  # pragma: no cover - a holder is committed or ours
+                raise InvalidTransition("unique key conflict could not be resolved")
+            if new.unique_replace and first[key][0] == index and key not in made:
+                replaced = await self._replace_pending(conn, holder.id, new)
+                if replaced is not None:
+                    results[index] = Enqueued(replaced, created=False, replaced=True)
+                    continue
+            results[index] = Enqueued(holder, created=False)
+        return results
+
+    def _holding(self) -> ColumnElement[bool]:
+        """A task still holding its unique key: pending, running if it said so, or
+        within its window."""
+        return or_(
+            tasks.c.status == PENDING,
+            and_(tasks.c.status == PROCESSING, tasks.c.unique_running),
+            and_(tasks.c.unique_until.is_not(None), tasks.c.unique_until > self.dialect.now()),
+        )
+
+    async def _holders(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Task]:
+        if not keys:
+            return {}
+        stmt = select(tasks).where(tuple_(tasks.c.name, tasks.c.unique_key).in_(list(keys)))
+        rows = (await conn.execute(stmt)).mappings().all()
+        return {(row["name"], row["unique_key"]): row_to_task(row) for row in rows}
+
+    async def _replace_pending(
+        self, conn: AsyncConnection, task_id: int, new: NewTask
+    ) -> Task | None:
+        """The pending holder takes ``new``'s payload and run time, and a new outbox row for
+        that time (a message already out finds it not due and is dropped)."""
+        params = self._new_task_params(new)
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.status == PENDING)
+            .values(
+                payload=bindparam("p_payload", type_=tasks.c.payload.type),
+                run_at=self._due_at(),
+                updated_at=self.dialect.clock(),
+            )
+            .returning(*tasks.c)
+        )
+        row = (
+            (
+                await conn.execute(
+                    stmt,
+                    {
+                        "p_payload": new.payload,
+                        "p_run_at": params["p_run_at"],
+                        "p_delay": params["p_delay"],
+                    },
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        await conn.execute(delete(outbox).where(outbox.c.task_id == task_id))
+        await self._dispatch(conn, [row])
+        return row_to_task(row)
 
     async def _enqueue_keyed(
         self,
