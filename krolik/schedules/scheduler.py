@@ -24,6 +24,8 @@ from krolik.store.records import DuePlan, NewSchedule, Schedule
 
 log = get_logger(__name__)
 
+MIN_WAIT_SECONDS = 0.005
+"""The shortest sleep between looks (a tick just due is made on the next)."""
 BROKEN_RETRY = timedelta(hours=1)
 """A schedule whose stored definition cannot be read is looked at again this much later."""
 
@@ -103,7 +105,15 @@ class Scheduler(LoopService):
         self.made += made
         if made and self.relay is not None:
             self.relay.wake()
-        return len(runs) >= self.settings.batch_size
+        if len(runs) >= self.settings.batch_size:
+            return True
+        # Sleep until the next tick (by the database's clock), not a whole poll: an
+        # every-second schedule is then made within milliseconds of its time. A schedule
+        # created meanwhile is seen within a poll.
+        due_in = await self.store.next_tick_in()
+        poll = self.settings.poll_seconds
+        self.interval = poll if due_in is None else min(poll, max(due_in, MIN_WAIT_SECONDS))
+        return False
 
     def _plan(self, schedule: Schedule, now: datetime) -> DuePlan:
         """Which ticks of a due schedule to run now (its catch-up policy), and its next run."""

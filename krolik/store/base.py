@@ -310,6 +310,11 @@ class TaskStore(ABC):
         """The ticks that made tasks, newest first (those before ``before``)."""
 
     @abstractmethod
+    async def next_tick_in(self) -> float | None:
+        """Seconds until the earliest schedule not paused is due (0 if one is), by the
+        database's clock; None without any."""
+
+    @abstractmethod
     async def run_due_schedules(
         self, plan: Callable[[Schedule, datetime], DuePlan], limit: int
     ) -> list[ScheduledRun]:

@@ -49,6 +49,7 @@ NOT_TRANSITIONS = {
     # schedules: their own rows; due ticks make new tasks, as enqueue does
     "create_schedule", "declare_schedules", "get_schedule", "list_schedules",
     "change_schedule", "delete_schedule", "schedule_ticks", "run_due_schedules",
+    "next_tick_in",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip

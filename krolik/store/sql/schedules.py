@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from krolik.errors import InvalidTransition
@@ -179,6 +179,17 @@ class ScheduleStatements(TaskStatements):
             )
             for row in rows
         ]
+
+    async def next_tick_in(self) -> float | None:
+        stmt = select(func.min(schedules.c.next_run_at), self.dialect.now()).where(
+            ~schedules.c.paused
+        )
+        async with self._tx() as conn:
+            earliest, now = (await conn.execute(stmt)).one()
+        if earliest is None:
+            return None
+        seconds: float = (aware(earliest) - aware(now)).total_seconds()
+        return max(0.0, seconds)
 
     async def run_due_schedules(
         self, plan: Callable[[Schedule, datetime], DuePlan], limit: int

@@ -214,3 +214,15 @@ async def test_retention_takes_a_ticks_record_with_its_task(any_store: TaskStore
     assert await any_store.prune(PruneRule(TaskStatus.CANCELLED, 86400), 10) == 1
     assert await any_store.schedule_ticks("tick") == []
     assert await any_store.get_schedule("tick") is not None
+
+
+async def test_the_next_tick_is_counted_by_the_databases_clock(any_store: TaskStore) -> None:
+    assert await any_store.next_tick_in() is None
+    await any_store.create_schedule(every(3600, name="hourly"))  # type: ignore[arg-type]
+    await any_store.create_schedule(every(60, name="paused", paused=True))  # type: ignore[arg-type]
+    await any_store.change_schedule("paused", {"next_run_at": NOW - timedelta(hours=1)})
+    due_in = await any_store.next_tick_in()
+    assert due_in is not None
+    assert 0 < due_in <= 3600  # the paused one, though overdue, does not count
+    await due_now(any_store, "hourly", 10)
+    assert await any_store.next_tick_in() == 0
