@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -232,6 +233,105 @@ def keys_revoke(
         typer.echo(f"error: no active key named {name!r}", err=True)
         raise SystemExit(1)
     typer.echo(f"revoked key {name!r}")
+
+
+schedules_cli = typer.Typer(
+    help="List, add, pause, resume and delete schedules.", no_args_is_help=True
+)
+cli.add_typer(schedules_cli, name="schedules")
+
+
+@schedules_cli.command("list")
+def schedules_list(data: DataOption = None) -> None:
+    """Every schedule (from code and the API): timing, state, next and last run."""
+    settings = load_settings()
+    found = asyncio.run(_with_store(settings, data, lambda s: s.list_schedules()))
+    typer.echo(f"{'name':<28} {'source':<6} {'timing':<24} {'state':<7} {'next run':<26} last run")
+    for item in found:
+        timing = item.cron if item.cron is not None else f"every {item.every_seconds:g}s"
+        if item.tz != "UTC":
+            timing += f" {item.tz}"
+        state = "paused" if item.paused else "active"
+        upcoming = "-" if item.paused else f"{item.next_run_at:%Y-%m-%d %H:%M:%S %Z}"
+        last = f"{item.last_run_at:%Y-%m-%d %H:%M:%S %Z}" if item.last_run_at else "-"
+        typer.echo(
+            f"{item.name:<28} {item.source:<6} {timing:<24} {state:<7} {upcoming:<26} {last}"
+        )
+
+
+@schedules_cli.command("add")
+def schedules_add(
+    name: Annotated[str, typer.Argument(help="A unique name.")],
+    task_name: Annotated[str, typer.Option("--task", help="The handler each tick runs.")],
+    cron: Annotated[str | None, typer.Option(help="Cron, or @hourly, @daily...")] = None,
+    every: Annotated[float | None, typer.Option(help="Seconds between ticks.")] = None,
+    tz: Annotated[str, typer.Option(help="IANA time zone of the cron.")] = "UTC",
+    payload: Annotated[str, typer.Option(help="The task's payload, as JSON.")] = "null",
+    queue: Annotated[str | None, typer.Option(help="The task's queue.")] = None,
+    catch_up: Annotated[str, typer.Option(help="skip, once or all.")] = "once",
+    data: DataOption = None,
+) -> None:
+    """Create a schedule (as POST /schedules does)."""
+    import orjson
+    from pydantic import ValidationError
+
+    from krolik.schedules.spec import ScheduledTask, new_schedule
+    from krolik.schedules.timing import CatchUp, InvalidSchedule, Timing
+
+    settings = load_settings()
+    try:
+        new = new_schedule(
+            name,
+            source="api",
+            timing=Timing(cron=cron, every_seconds=every, tz=tz),
+            task=ScheduledTask(name=task_name, payload=orjson.loads(payload), queue=queue),
+            catch_up=CatchUp(catch_up),
+            now=datetime.now(UTC),
+        )
+        made = asyncio.run(_with_store(settings, data, lambda s: s.create_schedule(new)))
+    except (InvalidSchedule, ValidationError, ValueError, InvalidTransition) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    typer.echo(f"created schedule {made.name!r}; next run {made.next_run_at:%Y-%m-%d %H:%M:%S %Z}")
+
+
+def _set_paused(name: str, paused: bool, data: Path | None) -> None:
+    from krolik.schedules.control import set_paused
+
+    settings = load_settings()
+    found = asyncio.run(_with_store(settings, data, lambda s: set_paused(s, name, paused)))
+    if found is None:
+        typer.echo(f"error: no schedule named {name!r}", err=True)
+        raise SystemExit(1)
+    typer.echo(f"{'paused' if paused else 'resumed'} schedule {name!r}")
+
+
+@schedules_cli.command("pause")
+def schedules_pause(
+    name: Annotated[str, typer.Argument(help="The schedule's name.")], data: DataOption = None
+) -> None:
+    """Pause a schedule: no ticks until it is resumed."""
+    _set_paused(name, True, data)
+
+
+@schedules_cli.command("resume")
+def schedules_resume(
+    name: Annotated[str, typer.Argument(help="The schedule's name.")], data: DataOption = None
+) -> None:
+    """Resume from the next tick (the ticks of the pause are not run)."""
+    _set_paused(name, False, data)
+
+
+@schedules_cli.command("delete")
+def schedules_delete(
+    name: Annotated[str, typer.Argument(help="The schedule's name.")], data: DataOption = None
+) -> None:
+    """Delete a schedule (its tasks stay; one of code comes back with its next worker)."""
+    settings = load_settings()
+    if not asyncio.run(_with_store(settings, data, lambda s: s.delete_schedule(name))):
+        typer.echo(f"error: no schedule named {name!r}", err=True)
+        raise SystemExit(1)
+    typer.echo(f"deleted schedule {name!r}")
 
 
 def _age(seconds: float) -> str:

@@ -18,6 +18,7 @@ from krolik.api.deps import SettingsDep, StoreDep, submitter_of
 from krolik.api.errors import GUARDED_RESPONSES
 from krolik.api.schemas import Problem, TaskOut, ValidationProblem
 from krolik.errors import InvalidTransition, ScheduleNotFound, SubmissionRefused
+from krolik.schedules.control import set_paused
 from krolik.schedules.spec import (
     SCHEDULE_NAME_PATTERN,
     ScheduledTask,
@@ -262,13 +263,7 @@ async def change_schedule(
 
 
 async def _pause(store: TaskStore, name: str, paused: bool) -> ScheduleOut:
-    schedule = await _found(store, name)
-    if schedule.paused is paused:
-        return ScheduleOut.of(schedule)
-    changes: dict[str, Any] = {"paused": paused}
-    if not paused:  # ticks that fell while it was paused are not caught up
-        changes["next_run_at"] = timing_of(schedule).next_after(datetime.now(UTC))
-    changed = await store.change_schedule(name, changes)
+    changed = await set_paused(store, name, paused)
     if changed is None:
         raise ScheduleNotFound(f"schedule {name!r} does not exist")
     return ScheduleOut.of(changed)
