@@ -2,9 +2,10 @@
 queue's) retention, by a cleaner that runs beside each worker's rescuer.
 
 The cleaner works in batches (``APP__RETENTION__BATCH_SIZE`` tasks a statement, each
-holding its row locks only for that statement) and goes on at once while batches come
-back full, so a backlog of millions drains at the database's pace without one long
-transaction; several cleaners take different rows. ``krolik prune`` runs the same rules
+holding its row locks only for that statement) and goes on while batches come back full,
+pausing between them so that it spends at most ``BUSY_SHARE`` of the time deleting: a
+backlog of millions drains without one long transaction and without taking the database
+from the tasks in flight; several cleaners take different rows. ``krolik prune`` runs the same rules
 once (``--dry-run``: counts only).
 """
 
@@ -21,6 +22,12 @@ from krolik.store.base import TaskStore
 from krolik.store.records import PruneRule
 
 log = get_logger(__name__)
+
+BATCH_TARGET_SECONDS = 0.05
+"""A batch that takes longer halves the next one (down to ``MIN_BATCH``); one that takes
+under half of it doubles the next (up to ``BATCH_SIZE``): row locks stay held briefly
+whatever the database's load."""
+MIN_BATCH = 10
 
 
 def retention_rules(settings: RetentionSettings) -> list[PruneRule]:
@@ -52,14 +59,25 @@ class Cleaner(LoopService):
         self.rules = retention_rules(settings)
         self.observer = observer or Observer()
         self.pruned = 0
+        self.batch = settings.batch_size
+        """The size of the next batch (adapted to ``BATCH_TARGET_SECONDS``)."""
 
     async def tick(self) -> bool:
-        """One batch per rule; True (go on at once) while any batch came back full."""
+        """One batch per rule. While a batch comes back full, the next tick comes after a
+        pause in proportion to the time deleting took (``busy_share``), not after the
+        whole interval."""
         again = False
+        busy = 0.0
         for rule in self.rules:
+            size = self.batch
             started = time.monotonic()
-            deleted = await self.store.prune(rule, self.settings.batch_size)
+            deleted = await self.store.prune(rule, size)
             seconds = time.monotonic() - started
+            busy += seconds
+            if seconds > BATCH_TARGET_SECONDS:
+                self.batch = max(MIN_BATCH, size // 2)
+            elif seconds < BATCH_TARGET_SECONDS / 2 and deleted >= size:
+                self.batch = min(self.settings.batch_size, size * 2)
             if deleted:
                 self.pruned += deleted
                 self.observer.tasks_pruned(rule.status, deleted, seconds)
@@ -70,5 +88,7 @@ class Cleaner(LoopService):
                     queues=rule.queues,
                     seconds=round(seconds, 4),
                 )
-            again = again or deleted >= self.settings.batch_size
-        return again
+            again = again or deleted >= size
+        share = self.settings.busy_share
+        self.interval = busy * (1 / share - 1) if again else self.settings.interval_seconds
+        return again and share >= 1

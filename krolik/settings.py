@@ -179,6 +179,10 @@ class RetentionSettings(BaseModel):
     """How often the cleaner looks; it goes on at once while batches come back full."""
     batch_size: int = Field(500, ge=1, le=100_000)
     """Tasks deleted per statement: each batch holds its row locks only that long."""
+    busy_share: float = Field(0.2, gt=0, le=1)
+    """While a backlog lasts, the share of the time the cleaner spends deleting: after a
+    batch of t seconds it waits t x (1 / share - 1), so the tasks in flight keep the
+    database (1: no pause)."""
 
     _forever = field_validator(
         "done_seconds", "failed_seconds", "cancelled_seconds", "expired_seconds", mode="before"

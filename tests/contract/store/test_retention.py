@@ -105,7 +105,7 @@ async def test_each_status_and_queue_has_its_own_retention(any_store: TaskStore)
             any_store, TaskStatus.CANCELLED, days=400, queue="emails"
         ),
     }
-    cleaner = Cleaner(any_store, settings, Observer())
+    cleaner = Cleaner(any_store, settings.model_copy(update={"busy_share": 1}), Observer())
     while await cleaner.tick():
         pass
     left = {label for label, task_id in made.items() if await exists(any_store, task_id)}
@@ -124,11 +124,26 @@ async def test_batches_are_bounded_and_the_cleaner_goes_on_while_they_are_full(
         def tasks_pruned(self, status: TaskStatus, count: int, seconds: float) -> None:
             seen.append(count)
 
-    cleaner = Cleaner(any_store, RetentionSettings(batch_size=2), Counting())
+    cleaner = Cleaner(any_store, RetentionSettings(batch_size=2, busy_share=1), Counting())
     assert await cleaner.tick() is True
     assert await cleaner.tick() is False
     assert seen == [2, 1]
+    assert cleaner.interval == RetentionSettings().interval_seconds
     assert [await exists(any_store, task_id) for task_id in ids] == [False] * 5
+
+
+async def test_a_cleaner_with_a_backlog_pauses_in_proportion_to_its_work(
+    any_store: TaskStore,
+) -> None:
+    for _ in range(3):
+        await finished(any_store, TaskStatus.DONE, days=10)
+    cleaner = Cleaner(any_store, RetentionSettings(batch_size=2, busy_share=0.25), Observer())
+    cleaner.batch = 2  # as configured; not grown or shrunk by the timing of this machine
+    assert await cleaner.tick() is False  # not at once: after a pause
+    assert 0 < cleaner.interval < 5  # three times the batches' time, not the 60 s interval
+    assert await cleaner.tick() is False
+    assert cleaner.interval == 60
+    assert cleaner.pruned == 3
 
 
 def test_rules_of_the_settings() -> None:
@@ -209,3 +224,38 @@ async def test_what_the_cleaner_deletes_is_counted_in_the_metrics(any_store: Tas
     await node.broker.close()
     off = test_settings("unused", "retention", retention={"enabled": False})
     assert Node.build(off, {Role.WORKER}, store=any_store, broker=node.broker).cleaner is None
+
+
+class SlowStore:
+    """A store whose deletes take ``seconds`` (a loaded database)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    async def prune(self, rule: PruneRule, limit: int) -> int:
+        self.sizes.append(limit)
+        await asyncio.sleep(self.seconds)
+        return limit
+
+
+async def test_a_slow_batch_halves_the_next_and_a_quick_one_doubles_it() -> None:
+    slow = SlowStore(0.08)
+    settings = RetentionSettings(batch_size=400, busy_share=1, done_seconds=1)
+    cleaner = Cleaner(
+        slow,
+        settings.model_copy(
+            update={
+                "failed_seconds": None,  # type: ignore[arg-type]
+                "cancelled_seconds": None,
+                "expired_seconds": None,
+            }
+        ),
+    )
+    for _ in range(3):
+        await cleaner.tick()
+    assert slow.sizes == [400, 200, 100]
+    slow.seconds = 0.0
+    for _ in range(3):
+        await cleaner.tick()
+    assert slow.sizes[3:] == [50, 100, 200]
