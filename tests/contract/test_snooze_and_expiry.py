@@ -161,3 +161,22 @@ def test_a_snooze_is_bounded() -> None:
     for bad in (-1, float("nan"), float("inf"), 10**9):
         with pytest.raises(ValueError, match="snooze lasts"):
             Snooze(bad)
+
+
+async def test_an_expired_task_with_a_webhook_gets_its_delivery(any_store: TaskStore) -> None:
+    [made] = await any_store.enqueue(
+        [
+            NewTask(
+                name="echo",
+                queue="default",
+                payload=1,
+                expires_in_seconds=60,
+                webhook_url="https://hooks.example.com/ended",
+            )
+        ]
+    )
+    await age(any_store, made.task.id, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert [task.id for task in await any_store.expire_overdue(10)] == [made.task.id]
+    [delivery] = await any_store.deliveries_of(made.task.id)
+    assert delivery.task_status is TaskStatus.EXPIRED
+    assert delivery.url == "https://hooks.example.com/ended"
