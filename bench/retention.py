@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 from common import (
+    CpuMeter,
     Deployment,
     add_common_args,
     finish,
@@ -99,8 +100,10 @@ async def bench(args: argparse.Namespace) -> int:
     phases: dict[str, list[tuple[float, float]]] = {"before": [], "during": [], "after": []}
     states: dict[str, dict[str, Any]] = {}
     cleaning_seconds = 0.0
+    meter = CpuMeter(deployment.roles)
     try:
         await deployment.set_up()
+        machine = await deployment.probe()
         conn = await asyncpg.connect(**deployment._pg_args(deployment.db_name))
         say(BENCH, f"writing {args.rows:,} tasks that finished 30 days ago")
         written = time.monotonic()
@@ -138,6 +141,7 @@ async def bench(args: argparse.Namespace) -> int:
             ),
         )
         started = time.monotonic()
+        meter.start()
         old = "SELECT count(*) FROM krolik_tasks WHERE worker_id = 'bench-old'"
         while int(await conn.fetchval(old)) > 0 or len(phases["during"]) < args.rounds:
             if int(await conn.fetchval(old)) == 0:
@@ -146,6 +150,7 @@ async def bench(args: argparse.Namespace) -> int:
             if time.monotonic() - started > args.timeout:
                 raise SystemExit("the cleaner did not finish in time")
         cleaning_seconds = cleaning_seconds or time.monotonic() - started
+        cpu = meter.stop()
         states["cleaned"] = await table_state(conn)
         for _ in range(args.rounds):
             await measure("after")
@@ -198,6 +203,8 @@ async def bench(args: argparse.Namespace) -> int:
         "table": states,
         "new_tasks_after_cleaning": refill,
         "server_autovacuum": autovacuum,
+        "cpu_cores": cpu,
+        "machine": machine,
         "code": deployment.code,
     }
     figures["ok"] = bool(batches) and old_left == 0

@@ -29,6 +29,7 @@ from typing import Any
 
 from common import (
     BENCH_DIR,
+    CpuMeter,
     Deployment,
     add_common_args,
     finish,
@@ -52,8 +53,10 @@ async def bench(args: argparse.Namespace) -> int:
         APP__SCHEDULER__POLL_SECONDS=str(args.poll),
     )
     kills = 0
+    meter = CpuMeter(deployment.roles)
     try:
         await deployment.set_up()
+        machine = await deployment.probe()
         count = 1 if deployment.embedded else args.schedulers
 
         def start(n: int) -> Any:
@@ -71,6 +74,7 @@ async def bench(args: argparse.Namespace) -> int:
             return deployment.spawn(f"scheduler{n}", *command, env=env)
 
         procs = [start(n) for n in range(count)]
+        meter.start()
         started = time.time()
         say(BENCH, f"{count} scheduler(s); one killed -9 every {args.kill_every:g}s")
         victim = 0
@@ -82,6 +86,7 @@ async def bench(args: argparse.Namespace) -> int:
             procs[victim] = start(victim)
             victim = (victim + 1) % count
         await asyncio.sleep(3)  # the last ticks are made
+        cpu = meter.stop()
         ticks = await deployment.fetch(
             "SELECT k.tick_at, k.task_id, t.created_at FROM krolik_schedule_ticks k"
             f" LEFT JOIN krolik_tasks t ON t.id = k.task_id WHERE k.schedule = '{SCHEDULE}'"
@@ -119,6 +124,8 @@ async def bench(args: argparse.Namespace) -> int:
         "duplicate_ticks": duplicates,
         "ticks_without_task": without_task,
         "made_after_tick_ms": summary_ms(lateness, (50, 95, 99, 100)),
+        "cpu_cores": cpu,
+        "machine": machine,
         "code": deployment.code,
     }
     figures["ok"] = (

@@ -58,6 +58,27 @@ RUNS: dict[str, tuple[str, list[str], set[str]]] = {
         ["--tasks", "200", "--rate", "20", "--duration", "1", "--down-seconds", "0.5"],
         {"completion_to_delivery_ms", "volume_received", "wrong_url", "invalid_signatures"},
     ),
+    "schedulers": (
+        "schedulers.py",
+        ["--ticks", "6", "--kill-every", "2", "--schedulers", "2"],
+        {"ticks", "kills", "missing_ticks", "duplicate_ticks", "made_after_tick_ms"},
+    ),
+    "retention": (
+        "retention.py",
+        [
+            "--rows",
+            "2000",
+            "--rounds",
+            "1",
+            "--drain",
+            "200",
+            "--submit-seconds",
+            "1",
+            "--autovacuum-wait",
+            "0",
+        ],
+        {"cleaning_seconds", "batch_ms", "submit_ratio_during", "drain_ratio_during", "table"},
+    ),
 }
 COMMON_KEYS = {"bench", "mode", "ok", "cpu_cores", "machine"}
 # Every script on PostgreSQL + RabbitMQ; the two the README also runs embedded, embedded.
