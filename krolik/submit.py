@@ -21,7 +21,6 @@ from krolik.relay import OutboxRelay, handing_over
 from krolik.settings import ApiSettings
 from krolik.store.base import TaskStore
 from krolik.store.records import Enqueued, NewTask
-from krolik.store.sql.tasks import is_plain
 from krolik.webhooks.targets import WebhookTargets
 
 COUNT_TTL_SECONDS = 1.0
@@ -81,7 +80,7 @@ class Submitter:
         ``IdempotencyConflict`` for a key seen before with another request."""
         new = self._with_webhook(new)
         await self.admission.admit(self.store, new.queue)
-        committer = self._plain if is_plain(new) else self._keyed
+        committer = self._plain if new.is_plain else self._keyed
         enqueued = await committer.submit(new)
         if enqueued.mismatch:
             raise IdempotencyConflict(

@@ -32,7 +32,6 @@ from krolik.store.records import (
 )
 from krolik.store.sql.deliveries import row_to_delivery
 from krolik.store.sql.store import SqlTaskStore
-from krolik.store.sql.tasks import is_plain
 from krolik.store.statement_pool import StatementPool, set_json_codecs
 
 log = get_logger(__name__)
@@ -408,7 +407,7 @@ class PostgresTaskStore(SqlTaskStore):
         """Tasks without keys (nearly every submission): ENQUEUE_SQL alone, one round trip
         on the statement pool. A batch with keys takes the general path, in one
         transaction, where the same statement inserts its plain tasks."""
-        if new_tasks and all(map(is_plain, new_tasks)):
+        if new_tasks and all(new.is_plain for new in new_tasks):
             arguments = _enqueue_arguments(new_tasks, claim_outbox_seconds)
             try:
                 records = await self._fetch(ENQUEUE_SQL, *arguments)

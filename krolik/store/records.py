@@ -46,6 +46,12 @@ class NewTask:
     unique_replace: bool = False
     """A pending holder takes this task's payload and run time instead (debounce)."""
 
+    @property
+    def is_plain(self) -> bool:
+        """Neither an idempotency key nor a unique key: the stores' one-statement insert,
+        and the submitter's shared commit."""
+        return self.idempotency_key is None and self.unique_key is None
+
 
 @dataclass(frozen=True, slots=True)
 class Task:

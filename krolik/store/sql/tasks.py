@@ -42,11 +42,6 @@ def _key_of(new: NewTask) -> tuple[str, str]:
     return key_scope(new), new.idempotency_key or ""
 
 
-def is_plain(new: NewTask) -> bool:
-    """Neither an idempotency key nor a unique key: the stores' one-statement insert."""
-    return new.idempotency_key is None and new.unique_key is None
-
-
 def _unique_of(new: NewTask) -> tuple[str, str]:
     return new.name, new.unique_key or ""
 
@@ -70,7 +65,7 @@ class TaskStatements(SqlCore):
         if any(new.idempotency_key is not None and new.unique_key is not None for new in new_tasks):
             raise ValueError("a task has an idempotency key or a unique key, not both")
         results: dict[int, Enqueued] = {}
-        plain = [(i, new) for i, new in enumerate(new_tasks) if is_plain(new)]
+        plain = [(i, new) for i, new in enumerate(new_tasks) if new.is_plain]
         keyed = [(i, new) for i, new in enumerate(new_tasks) if new.idempotency_key is not None]
         unique = [
             (i, new)
