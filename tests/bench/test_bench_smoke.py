@@ -60,7 +60,7 @@ RUNS: dict[str, tuple[str, list[str], set[str]]] = {
     ),
     "schedulers": (
         "schedulers.py",
-        ["--ticks", "6", "--kill-every", "2", "--schedulers", "2"],
+        ["--ticks", "10", "--kill-every", "4", "--schedulers", "2"],
         {"ticks", "kills", "missing_ticks", "duplicate_ticks", "made_after_tick_ms"},
     ),
     "retention": (

@@ -133,10 +133,7 @@ async def test_many_schedulers_at_once_make_each_tick_once(any_store: TaskStore)
         # thirty), so the rounds go round all ten where schedulers take turns (SQLite).
         still_due = datetime.now(UTC) - timedelta(seconds=1)
         await asyncio.gather(
-            *(
-                any_store.run_due_schedules(fixed(ticks, still_due), 3)
-                for _ in range(12)
-            )  # type: ignore[arg-type]
+            *(any_store.run_due_schedules(fixed(ticks, still_due), 3) for _ in range(12))  # type: ignore[arg-type]
         )
     assert await count_tasks(any_store) == 10 * 20
     assert isinstance(any_store, SqlTaskStore)
