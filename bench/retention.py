@@ -14,7 +14,9 @@ What it does (PostgreSQL only; see bench/common.py for the deployment):
     7 days for done tasks) and measures the same, again and again, while it deletes the
     old tasks: during; then once it has finished: after. Ratios are during against the
     mean of before and after;
-  * the cleaner pauses between full batches (``APP__RETENTION__BUSY_SHARE``, 0.25);
+  * the cleaner pauses between full batches (``APP__RETENTION__BUSY_SHARE``, 0.1) and
+    cancels a batch past ``APP__RETENTION__BATCH_SECONDS_LIMIT`` (0.08 s): cancelled
+    batches are counted apart;
   * each cleaner batch's time (one DELETE statement with its cascade, the time its row
     locks are held: from the cleaner's own log), the tasks table's size and live and dead
     rows before, after the cleaning, after autovacuum came by (or, on a server with
@@ -77,11 +79,12 @@ async def table_state(conn: Any) -> dict[str, Any]:
     return row
 
 
-def batch_seconds(log_text: str) -> list[float]:
-    """The cleaner's batches, from its JSON log lines (``tasks_pruned``, at DEBUG)."""
+def batch_seconds(log_text: str, event: str = "tasks_pruned") -> list[float]:
+    """The cleaner's batches, from its JSON log lines (``tasks_pruned``, at DEBUG; those
+    cancelled at their time limit: ``prune_batch_cancelled``)."""
     found = []
     for line in log_text.splitlines():
-        if '"tasks_pruned"' not in line:
+        if f'"{event}"' not in line:
             continue
         try:
             found.append(float(orjson.loads(line)["seconds"]))
@@ -172,7 +175,9 @@ async def bench(args: argparse.Namespace) -> int:
         states["after new tasks"] = await table_state(conn)
         await conn.close()
         await deployment.stop_all()
-        batches = batch_seconds(cleaner.log_path.read_text())
+        cleaner_log = cleaner.log_path.read_text()
+        batches = batch_seconds(cleaner_log)
+        cancelled = batch_seconds(cleaner_log, "prune_batch_cancelled")
     except BaseException:
         deployment.failed = True
         raise
@@ -194,7 +199,9 @@ async def bench(args: argparse.Namespace) -> int:
         "deleted_per_s": round(args.rows / cleaning_seconds) if cleaning_seconds else None,
         "batches": len(batches),
         "batch_ms": summary_ms(batches, (50, 95, 99, 99.9, 100)),
-        "batches_over_100ms": sum(1 for seconds in batches if seconds > 0.1),
+        "batches_over_100ms": sum(1 for seconds in batches + cancelled if seconds > 0.1),
+        "batches_cancelled": len(cancelled),
+        "cancelled_ms": summary_ms(cancelled, (50, 100)),
         "submit_per_s": {"before": before[0], "during": during[0], "after": after[0]},
         "drain_per_s": {"before": before[1], "during": during[1], "after": after[1]},
         "submit_ratio_during": submit_ratio,
@@ -213,7 +220,9 @@ async def bench(args: argparse.Namespace) -> int:
             ("old tasks", f"{args.rows:,} deleted in {cleaning_seconds:.0f}s"
              f" ({figures['deleted_per_s']}/s), {len(batches)} batches"),
             ("batch (locks held)", f"{fmt_summary(figures['batch_ms'])};"
-             f" {figures['batches_over_100ms']} over 100 ms"),
+             f" {figures['batches_over_100ms']} over 100 ms (cancelled ones too)"),
+            ("batches cancelled", f"{len(cancelled)} at the time limit:"
+             f" {fmt_summary(figures['cancelled_ms'])}"),
             ("submit", f"{before[0]:.0f}/s before, {during[0]:.0f}/s during,"
              f" {after[0]:.0f}/s after ({submit_ratio}x)"),
             ("drain", f"{before[1]:.0f}/s before, {during[1]:.0f}/s during,"

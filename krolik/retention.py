@@ -2,7 +2,8 @@
 queue's) retention, by a cleaner that runs beside each worker's rescuer.
 
 The cleaner works in batches (``APP__RETENTION__BATCH_SIZE`` tasks a statement, each
-holding its row locks only for that statement) and goes on while batches come back full,
+holding its row locks only for that statement, and on PostgreSQL cancelled if it runs past
+``BATCH_SECONDS_LIMIT``) and goes on while batches come back full,
 pausing between them so that it spends at most ``BUSY_SHARE`` of the time deleting: a
 backlog of millions drains without one long transaction and without taking the database
 from the tasks in flight; several cleaners take different rows. ``krolik prune`` runs the same rules
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from krolik.errors import StoreConflict
 from krolik.events import Observer
 from krolik.log import get_logger
 from krolik.service import LoopService
@@ -71,7 +73,25 @@ class Cleaner(LoopService):
         for rule in self.rules:
             size = self.batch
             started = time.monotonic()
-            deleted = await self.store.prune(rule, size)
+            try:
+                deleted = await self.store.prune(
+                    rule, size, seconds_limit=self.settings.batch_seconds_limit
+                )
+            except StoreConflict:
+                # Cancelled at the time limit (or lost to a deadlock): nothing went, and
+                # a smaller batch comes next, soon.
+                seconds = time.monotonic() - started
+                busy += seconds
+                self.batch = max(MIN_BATCH, size // 2)
+                self.observer.tasks_pruned(rule.status, 0, seconds)
+                log.info(
+                    "prune_batch_cancelled",
+                    status=rule.status.value,
+                    size=size,
+                    seconds=round(seconds, 4),
+                )
+                again = True
+                continue
             seconds = time.monotonic() - started
             busy += seconds
             if seconds > BATCH_TARGET_SECONDS:

@@ -178,8 +178,11 @@ class RetentionSettings(BaseModel):
     interval_seconds: float = Field(60.0, gt=0)
     """How often the cleaner looks; it goes on at once while batches come back full."""
     batch_size: int = Field(500, ge=1, le=100_000)
-    """Tasks deleted per statement: each batch holds its row locks only that long."""
-    busy_share: float = Field(0.2, gt=0, le=1)
+    """Most tasks deleted per statement: each batch holds its row locks only that long."""
+    batch_seconds_limit: float = Field(0.08, gt=0)
+    """Most time one batch may hold its row locks: on PostgreSQL a batch statement
+    that runs longer is cancelled (nothing deleted) and the next batch is halved."""
+    busy_share: float = Field(0.1, gt=0, le=1)
     """While a backlog lasts, the share of the time the cleaner spends deleting: after a
     batch of t seconds it waits t x (1 / share - 1), so the tasks in flight keep the
     database (1: no pause)."""

@@ -269,9 +269,13 @@ class TaskStore(ABC):
 
     # -- retention -------------------------------------------------------------------
     @abstractmethod
-    async def prune(self, rule: PruneRule, limit: int) -> int:
+    async def prune(
+        self, rule: PruneRule, limit: int, *, seconds_limit: float | None = None
+    ) -> int:
         """Delete up to ``limit`` finished tasks the rule names (oldest first), with their
-        attempts, deliveries and outbox rows; how many went. Never a task not final."""
+        attempts, deliveries and outbox rows; how many went. Never a task not final.
+        With ``seconds_limit``, a statement that runs longer is cancelled where the
+        database can (``StoreConflict``, nothing deleted)."""
 
     @abstractmethod
     async def count_prunable(self, rule: PruneRule) -> dict[str, int]:

@@ -51,8 +51,16 @@ class Dialect(ABC):
     def insert(self, table: Table) -> Any:
         """An INSERT that knows ``on_conflict_do_nothing``."""
 
+    def statement_time_limit(self, seconds: float) -> str | None:
+        """A statement that cancels the transaction's next statements past ``seconds``
+        (so their row locks are held no longer), or None where there is none."""
+        return None
+
 
 class PostgresDialect(Dialect):
+    def statement_time_limit(self, seconds: float) -> str | None:
+        return f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}"
+
     def now(self) -> ColumnElement[datetime]:
         return func.now()
 

@@ -8,7 +8,7 @@ a task retried meanwhile is not touched.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, and_, delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, select, text
 
 from krolik.store.records import PruneRule
 from krolik.store.sql.core import SqlCore
@@ -29,7 +29,9 @@ class RetentionStatements(SqlCore):
             condition = and_(condition, tasks.c.queue.not_in(list(rule.except_queues)))
         return condition
 
-    async def prune(self, rule: PruneRule, limit: int) -> int:
+    async def prune(
+        self, rule: PruneRule, limit: int, *, seconds_limit: float | None = None
+    ) -> int:
         if rule.queues is not None and not rule.queues:
             return 0
         # The batch is chosen once (a CTE kept apart): as a plain ``IN (subquery)`` the
@@ -49,7 +51,12 @@ class RetentionStatements(SqlCore):
             .where(tasks.c.id.in_(select(batch.c.id)), tasks.c.status == rule.status.value)
             .returning(tasks.c.id)
         )
+        limit_time = (
+            None if seconds_limit is None else self.dialect.statement_time_limit(seconds_limit)
+        )
         async with self._tx() as conn:
+            if limit_time is not None:
+                await conn.execute(text(limit_time))
             return len((await conn.execute(stmt)).all())
 
     async def count_prunable(self, rule: PruneRule) -> dict[str, int]:

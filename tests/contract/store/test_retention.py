@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from krolik.errors import StoreConflict
 from krolik.events import Observer
 from krolik.retention import Cleaner, retention_rules
 from krolik.settings import RetentionSettings
 from krolik.states import TaskStatus
 from krolik.store.base import TaskStore
+from krolik.store.postgres import PostgresTaskStore
 from krolik.store.records import PruneRule
 from krolik.store.sql.store import SqlTaskStore
 from krolik.store.sqlite import SqliteTaskStore
@@ -233,9 +235,13 @@ class SlowStore:
         self.seconds = seconds
         self.sizes: list[int] = []
 
-    async def prune(self, rule: PruneRule, limit: int) -> int:
+    async def prune(
+        self, rule: PruneRule, limit: int, *, seconds_limit: float | None = None
+    ) -> int:
         self.sizes.append(limit)
         await asyncio.sleep(self.seconds)
+        if seconds_limit is not None and self.seconds > seconds_limit:
+            raise StoreConflict("canceling statement due to statement timeout")
         return limit
 
 
@@ -259,3 +265,43 @@ async def test_a_slow_batch_halves_the_next_and_a_quick_one_doubles_it() -> None
     for _ in range(3):
         await cleaner.tick()
     assert slow.sizes[3:] == [50, 100, 200]
+
+
+async def test_a_batch_past_its_time_limit_is_cancelled_and_deletes_nothing(
+    store: PostgresTaskStore,
+) -> None:
+    old = await finished(store, TaskStatus.DONE, days=8)
+    # Another transaction holds the task's attempt row: the cascade has to wait for it,
+    # and the batch would hold its own locks all that time.
+    async with store.engine.connect() as other:
+        await other.execute(
+            select(attempts.c.id).where(attempts.c.task_id == old).with_for_update()
+        )
+        with pytest.raises(StoreConflict):
+            await store.prune(DONE_WEEK, 100, seconds_limit=0.05)
+        await other.rollback()
+    assert await exists(store, old)
+    assert await store.prune(DONE_WEEK, 100, seconds_limit=0.05) == 1
+
+
+async def test_the_cleaner_halves_its_batch_after_a_cancelled_one() -> None:
+    slow = SlowStore(0.03)
+    settings = RetentionSettings(
+        batch_size=400, busy_share=1, done_seconds=1, batch_seconds_limit=0.02
+    )
+    cleaner = Cleaner(
+        slow,
+        settings.model_copy(
+            update={
+                "failed_seconds": None,  # type: ignore[arg-type]
+                "cancelled_seconds": None,
+                "expired_seconds": None,
+            }
+        ),
+    )
+    assert await cleaner.tick()  # cancelled: nothing deleted, but more is left
+    assert cleaner.pruned == 0
+    slow.seconds = 0.0
+    await cleaner.tick()
+    assert slow.sizes == [400, 200]
+    assert cleaner.pruned == 200
