@@ -65,6 +65,8 @@ class LeaseRescuer(LoopService):
             )
             self.observer.task_rescued(task)
         self.rescued += len(rescued)
+        for queue in sorted({task.queue for task in rescued}):
+            await self.store.wake(queue)  # a rescued run of a gated queue frees its slot
         expired = await self.store.expire_overdue(BATCH)
         for ended in expired:
             log.info("task_expired", task_id=ended.id, queue=ended.queue, name=ended.name)

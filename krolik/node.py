@@ -5,7 +5,8 @@ The mode picks the store and broker (production: PostgreSQL and RabbitMQ; embedd
 
 * ``api``: what the HTTP API needs (the submission path, API keys, rate limits, the
   store's gauges), with the outbox relay inside unless ``APP__RELAY__ENABLED=false``;
-* ``worker``: a worker, the lease rescuer and the cleaner (retention);
+* ``worker``: a worker, the lease rescuer, the cleaner (retention) and the waker
+  (held tasks of gated queues);
 * ``relay``: an outbox relay of its own;
 * ``scheduler``: a scheduler of its own (a worker runs one too, unless
   ``APP__SCHEDULER__ENABLED=false``).
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from krolik.store.replica import ReplicaReads, StatusReads
     from krolik.submit import Submitter
     from krolik.tracing.spans import TaskSpans
+    from krolik.waker import Waker
     from krolik.webhooks.sender import WebhookSender
     from krolik.worker import Worker
 
@@ -146,6 +148,7 @@ class Node:
     worker: Worker | None = None
     rescuer: LeaseRescuer | None = None
     cleaner: Cleaner | None = None
+    waker: Waker | None = None
     scheduler: Scheduler | None = None
     webhooks: WebhookSender | None = None
     owned: list[TaskStore | Broker] = field(default_factory=list)
@@ -241,6 +244,9 @@ class Node:
             node.rescuer = LeaseRescuer(
                 the_store, settings.maintenance, observer, broker=the_broker
             )
+            from krolik.waker import Waker
+
+            node.waker = Waker(the_store)
             if settings.retention.enabled:
                 from krolik.retention import Cleaner
 
@@ -277,6 +283,8 @@ class Node:
             self.rescuer.start()
         if self.cleaner is not None:
             self.cleaner.start()
+        if self.waker is not None:
+            self.waker.start()
         if self.scheduler is not None:
             self.scheduler.start()
         if self.api is not None:
@@ -301,6 +309,8 @@ class Node:
             await self.rescuer.stop()
         if self.cleaner is not None:
             await self.cleaner.stop()
+        if self.waker is not None:
+            await self.waker.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.relay is not None:

@@ -203,8 +203,8 @@ async def store(settings: Settings) -> AsyncIterator[PostgresTaskStore]:
     async with the_store.engine.begin() as conn:
         await conn.execute(
             text(
-                "TRUNCATE krolik_outbox, krolik_tasks, krolik_workers, krolik_schedules "
-                "RESTART IDENTITY CASCADE"
+                "TRUNCATE krolik_outbox, krolik_tasks, krolik_workers, krolik_schedules, "
+                "krolik_queues RESTART IDENTITY CASCADE"
             )
         )
     yield the_store

@@ -93,6 +93,16 @@ class TaskCreate(BaseModel):
         "`unique_key` or this, a unique task's key is made of its whole payload.",
     )
     unique_running: bool = Field(False, description="The key is held while the task runs too.")
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
+        0,
+        description="Higher starts first among the waiting tasks of a gated queue (one "
+        "paused or with a limit: see `PATCH /queues/{name}`).",
+    )
+    concurrency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="Counted against the queue's `max_running_per_key` (e.g. the tenant): "
+        "no key runs more than that at once, so one key's backlog cannot starve the others.",
+    )
     on_duplicate: Literal["return", "replace"] = Field(
         "return",
         description="`replace`: a pending holder takes this submit's payload and run time "
@@ -118,7 +128,7 @@ class TaskCreate(BaseModel):
         check_json(value)
         return value
 
-    @field_validator("idempotency_key", "webhook_url", "unique_key")
+    @field_validator("idempotency_key", "webhook_url", "unique_key", "concurrency_key")
     @classmethod
     def _key_storable(cls, value: str | None) -> str | None:
         return no_nul(value)
@@ -228,6 +238,8 @@ class TaskOut(BaseModel):
         None, description="The unique key it holds (null: none, or no longer held)."
     )
     unique_until: datetime | None = Field(None, description="It holds its key until then.")
+    priority: int = 0
+    concurrency_key: str | None = None
 
     @classmethod
     def of(cls, task: Task) -> Self:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from krolik.flow import QueueGates
 from krolik.states import TaskStatus
 from krolik.store.records import (
     ApiKey,
@@ -280,6 +281,34 @@ class TaskStore(ABC):
     @abstractmethod
     async def count_prunable(self, rule: PruneRule) -> dict[str, int]:
         """What ``prune`` would delete under the rule, all batches together, by queue."""
+
+    # -- flow control ------------------------------------------------------------------
+    @abstractmethod
+    async def get_gates(self, queue: str) -> QueueGates:
+        """The queue's pause and limits (none for a queue never set)."""
+
+    @abstractmethod
+    async def list_gates(self) -> list[QueueGates]:
+        """Every queue whose gates were ever set."""
+
+    @abstractmethod
+    async def set_gates(self, queue: str, changes: Mapping[str, Any]) -> QueueGates:
+        """Change some of ``GATE_FIELDS`` (None lifts a limit); the queue as it is now.
+        The caller wakes the held tasks a change lets start (``wake``)."""
+
+    @abstractmethod
+    async def wake(self, queue: str) -> int:
+        """Dispatch again as many held tasks of ``queue`` as its gates let start now
+        (best first); how many."""
+
+    @abstractmethod
+    async def held_queues(self) -> dict[str, float | None]:
+        """Queues with held tasks, each with the seconds until its rate window frees a
+        start (None: not bound by a rate)."""
+
+    @abstractmethod
+    async def held_counts(self) -> dict[str, dict[str, int]]:
+        """Held tasks by queue and reason (``Hold``)."""
 
     # -- schedules -------------------------------------------------------------------
     @abstractmethod

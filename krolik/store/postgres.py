@@ -43,7 +43,7 @@ def json_dumps(value: Any) -> str:
 
 # The hot paths return exactly Task's fields, in its order, so a record becomes a Task
 # without a dict or a conversion per column (asyncpg already gives aware datetimes).
-TASK_FIELDS = [field.name for field in fields(Task)]
+TASK_FIELDS = [field.name for field in fields(Task) if field.name != "gated"]
 STATUS_INDEX = TASK_FIELDS.index("status")
 
 
@@ -100,17 +100,17 @@ WITH new AS (
     INSERT INTO krolik_tasks (
         name, queue, payload, status, attempts, max_attempts, timeout_seconds,
         request_id, created_by, webhook_url, traceparent, cancel_requested, run_at,
-        expires_at, created_at, updated_at
+        expires_at, priority, concurrency_key, created_at, updated_at
     )
     SELECT n, q, p::jsonb, 'pending', 0, m, t, r, c, w, tp, false,
            coalesce(ra, clock_timestamp() + make_interval(secs => d)),
            coalesce(ea, clock_timestamp() + make_interval(secs => ei)),
-           clock_timestamp(), clock_timestamp()
+           pr, ck, clock_timestamp(), clock_timestamp()
     FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::text[],
         $7::text[], $8::timestamptz[], $9::float8[], $10::text[], $11::text[],
-        $12::timestamptz[], $13::float8[]
-    ) WITH ORDINALITY AS u(n, q, p, m, t, r, c, ra, d, w, tp, ea, ei, ord)
+        $12::timestamptz[], $13::float8[], $15::int[], $16::text[]
+    ) WITH ORDINALITY AS u(n, q, p, m, t, r, c, ra, d, w, tp, ea, ei, pr, ck, ord)
     ORDER BY ord
     RETURNING *
 ), dispatch AS (
@@ -153,8 +153,15 @@ FROM unnest($1::bigint[]) AS c(id), unnest($4::text[], $5::int[]) AS h(name, def
 WHERE t.id = c.id AND t.name IS NOT DISTINCT FROM h.name
   AND t.status IS NOT DISTINCT FROM 'pending' AND t.run_at <= now()
   AND (t.expires_at IS NULL OR t.expires_at > now())
+  AND NOT EXISTS (
+      SELECT 1 FROM krolik_queues g
+      WHERE g.name = t.queue
+        AND (g.paused OR g.max_running IS NOT NULL OR g.max_running_per_key IS NOT NULL
+             OR g.rate_limit IS NOT NULL)
+  )
 RETURNING {columns}
 """.format(columns=returning("t"))
+"""Tasks of a gated queue (krolik_queues) are left to the gated claim (sql/flow.py)."""
 
 COMPLETE_MANY_SQL = """
 WITH done AS (
@@ -448,7 +455,8 @@ class PostgresTaskStore(SqlTaskStore):
         )
         claimed = {task.id: task for task in map(record_to_task, records)}
         # One winner per id: the first claim naming it.
-        return [claimed.pop(task_id, None) for task_id in task_ids]
+        answers = [claimed.pop(task_id, None) for task_id in task_ids]
+        return await self._with_gated_claims(task_ids, answers, worker_id, lease_seconds, handlers)
 
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
         if not completions:
@@ -516,7 +524,7 @@ class PostgresTaskStore(SqlTaskStore):
 
 def _enqueue_arguments(new_tasks: Sequence[NewTask], claim_seconds: float | None) -> list[Any]:
     """ENQUEUE_SQL's arguments: one array per column, then the claim's seconds."""
-    columns: tuple[list[Any], ...] = tuple([] for _ in range(13))
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(15))
     for new in new_tasks:
         for column, value in zip(
             columns,
@@ -534,8 +542,16 @@ def _enqueue_arguments(new_tasks: Sequence[NewTask], claim_seconds: float | None
                 new.traceparent,
                 new.expires_at.astimezone(UTC) if new.expires_at is not None else None,
                 new.expires_in_seconds,
+                new.priority,
+                new.concurrency_key,
             ),
             strict=True,
         ):
             column.append(value)
-    return [*columns, None if claim_seconds is None else float(claim_seconds)]
+    *task_columns, priorities, keys = columns
+    return [
+        *task_columns,
+        None if claim_seconds is None else float(claim_seconds),
+        priorities,
+        keys,
+    ]

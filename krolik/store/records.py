@@ -45,6 +45,10 @@ class NewTask:
     unique_running: bool = False
     unique_replace: bool = False
     """A pending holder takes this task's payload and run time instead (debounce)."""
+    priority: int = 0
+    """Higher starts first where the queue's gates choose (``krolik_queues``)."""
+    concurrency_key: str | None = None
+    """Counted against the queue's ``max_running_per_key`` (e.g. the tenant)."""
 
     @property
     def is_plain(self) -> bool:
@@ -89,6 +93,12 @@ class Task:
     unique_key: str | None = None
     unique_until: datetime | None = None
     unique_running: bool = False
+    priority: int = 0
+    concurrency_key: str | None = None
+    held: str | None = None
+    """Why a pending task of a gated queue waits (``Hold``), None otherwise."""
+    gated: bool = False
+    """Claimed through its queue's gates (not stored): its run's end frees a slot."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, delete, event, func, or_, select, update
+from sqlalchemy import and_, delete, event, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
@@ -24,10 +24,11 @@ from krolik.migrate import upgrade_async
 from krolik.states import AttemptOutcome
 from krolik.store.dialects import SQLITE_FUNCTIONS, SqliteDialect
 from krolik.store.records import Enqueued, NewTask, OutboxEntry, RunRef, Task
-from krolik.store.sql.core import DONE, PENDING, PROCESSING
+from krolik.store.sql.core import DONE
+from krolik.store.sql.flow import gated
 from krolik.store.sql.rows import row_to_task
 from krolik.store.sql.store import SqlTaskStore
-from krolik.store.tables import outbox, tasks
+from krolik.store.tables import outbox, queues, tasks
 
 
 def sqlite_url(path: Path | str) -> str:
@@ -122,36 +123,20 @@ class SqliteTaskStore(SqlTaskStore):
     ) -> list[Task | None]:
         if not task_ids or not handlers:
             return [None] * len(task_ids)
-        now, clock = self.dialect.now(), self.dialect.clock()
-        default_max = case(dict(handlers), value=tasks.c.name)
+        plain = ~exists().where(queues.c.name == tasks.c.queue, gated())
+        values = self._claim_values(worker_id, lease_seconds, handlers)
         answers: list[Task | None] = []
         async with self._tx() as conn:
             for task_id in task_ids:
                 stmt = (
                     update(tasks)
-                    .where(
-                        tasks.c.id == task_id,
-                        tasks.c.status == PENDING,
-                        tasks.c.run_at <= now,
-                        tasks.c.name.in_(list(handlers)),
-                        or_(tasks.c.expires_at.is_(None), tasks.c.expires_at > now),
-                    )
-                    .values(
-                        status=PROCESSING,
-                        attempts=tasks.c.attempts + 1,
-                        run_token=tasks.c.run_token + 1,
-                        max_attempts=func.coalesce(tasks.c.max_attempts, default_max),
-                        worker_id=worker_id,
-                        lease_expires_at=self.dialect.later(lease_seconds),
-                        started_at=clock,
-                        updated_at=clock,
-                        progress=None,
-                    )
+                    .where(tasks.c.id == task_id, self._claimable(list(handlers)), plain)
+                    .values(**values)
                     .returning(*tasks.c)
                 )
                 row = (await conn.execute(stmt)).mappings().first()
                 answers.append(row_to_task(row) if row else None)
-        return answers
+        return await self._with_gated_claims(task_ids, answers, worker_id, lease_seconds, handlers)
 
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
         answers: list[bool] = []

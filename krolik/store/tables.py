@@ -96,6 +96,13 @@ tasks = Table(
     Column("unique_key", Text, nullable=True),
     Column("unique_until", Timestamp, nullable=True),
     Column("unique_running", Boolean, nullable=False, server_default=text("false")),
+    # Flow control: higher runs first where the queue's gates decide (krolik_queues); a
+    # task with a key counts against its queue's per-key limit. ``held`` says why a
+    # pending task of a gated queue was refused (paused, max_running, key_limit,
+    # rate_limit): it waits here, with no message, until a slot frees and wakes it.
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("concurrency_key", Text, nullable=True),
+    Column("held", Text, nullable=True),
     CheckConstraint(f"status IN ({_status_list})", name="status"),
     CheckConstraint("attempts >= 0", name="attempts"),
     CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
@@ -135,6 +142,51 @@ tasks = Table(
         postgresql_where=text("status = 'processing'"),
         sqlite_where=text("status = 'processing'"),
     ),
+    Index(
+        "ix_krolik_tasks_held",
+        "queue",
+        "priority",
+        "run_at",
+        "id",
+        postgresql_where=text("status = 'pending' AND held IS NOT NULL"),
+        sqlite_where=text("status = 'pending' AND held IS NOT NULL"),
+    ),
+    Index(
+        "ix_krolik_tasks_processing_queue_key",
+        "queue",
+        "concurrency_key",
+        postgresql_where=text("status = 'processing'"),
+        sqlite_where=text("status = 'processing'"),
+    ),
+)
+
+queues = Table(
+    "krolik_queues",
+    metadata,
+    # A queue's gates, data changeable at run time: a queue with a row here that is
+    # paused or has a limit is claimed through them (krolik/store/sql/flow.py).
+    Column("name", Text, primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("max_running", Integer, nullable=True),
+    Column("max_running_per_key", Integer, nullable=True),
+    # In the ``limits`` notation ("60/minute"): at most that many starts in any window.
+    Column("rate_limit", Text, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
+    CheckConstraint("max_running IS NULL OR max_running >= 0", name="max_running"),
+    CheckConstraint(
+        "max_running_per_key IS NULL OR max_running_per_key >= 1", name="max_running_per_key"
+    ),
+)
+
+queue_starts = Table(
+    "krolik_queue_starts",
+    metadata,
+    # The starts of a rate-limited queue within its window (older ones are deleted by the
+    # claims that count them): the window slides, so no window holds more than the limit.
+    Column("id", Id, Identity(), primary_key=True),
+    Column("queue", Text, ForeignKey("krolik_queues.name", ondelete="CASCADE"), nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Index("ix_krolik_queue_starts_queue_started_at", "queue", "started_at"),
 )
 
 outbox = Table(

@@ -281,6 +281,8 @@ class Worker:
                 slot_held = False
             recorded = await self.recorder.record(run, outcome)
             self.observer.task_finished(task, recorded, time.monotonic() - started)
+            if task.gated:
+                await self._wake_queue(task.queue)
         except Exception:
             self._log.exception("task_run_crashed", **log_fields(run))
         finally:
@@ -292,6 +294,14 @@ class Worker:
             else:
                 self._recording -= 1
             self._notify()
+
+    async def _wake_queue(self, queue: str) -> None:
+        """A run of a gated queue ended: its slot goes to the best held task at once
+        (should this fail, the waker finds it within seconds)."""
+        try:
+            await self.store.wake(queue)
+        except Exception as exc:
+            self._log.warning("wake_failed", queue=queue, error=str(exc))
 
     # -- leases ----------------------------------------------------------------------
     def _on_beat(self, report: BeatReport) -> None:

@@ -92,7 +92,7 @@ def test_aware_run_at_keeps_its_zone():
 
 def test_unknown_field_is_rejected():
     with pytest.raises(ValidationError, match="extra"):
-        TaskCreate.model_validate({"payload": 1, "priority": 5})
+        TaskCreate.model_validate({"payload": 1, "priorty": 5})
 
 
 @pytest.mark.parametrize("name", ["default", "emails.send", "a:b-c_d.e", "X" * 200, "0"])

@@ -209,6 +209,8 @@ def _new_task(
         unique_for_seconds=body.unique_for,
         unique_running=body.unique_running,
         unique_replace=body.on_duplicate == "replace",
+        priority=body.priority,
+        concurrency_key=body.concurrency_key,
     )
 
 

@@ -143,10 +143,12 @@ class MaintenanceStatements(SqlCore):
 
     def _stale(self, older_than_seconds: float) -> ColumnElement[bool]:
         """Due pending tasks whose message went out at least that long ago (they became
-        due then, and nothing touched them since) and that have no outbox row."""
+        due then, and nothing touched them since) and that have no outbox row; not
+        those held by their queue's gates (they wait for a wake-up, without a message)."""
         cutoff = self.dialect.ago(older_than_seconds)
         return and_(
             tasks.c.status == PENDING,
+            tasks.c.held.is_(None),
             tasks.c.run_at <= cutoff,
             tasks.c.updated_at < cutoff,
             ~exists().where(outbox.c.task_id == tasks.c.id),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from krolik.store.base import TaskStore
 from krolik.store.sql.deliveries import DeliveryStatements
+from krolik.store.sql.flow import FlowStatements
 from krolik.store.sql.keys import KeyStatements
 from krolik.store.sql.maintenance import MaintenanceStatements
 from krolik.store.sql.outbox import OutboxStatements
@@ -31,6 +32,7 @@ class SqlTaskStore(
     StatsStatements,
     DeliveryStatements,
     RetentionStatements,
+    FlowStatements,
     TaskStore,
 ):
     """The store over a SQLAlchemy async engine; the subclass of each database adds

@@ -136,6 +136,8 @@ class TaskStatements(SqlCore):
             "p_delay": float(new.delay_seconds or 0),
             "p_expires_at": new.expires_at.astimezone(UTC) if new.expires_at is not None else None,
             "p_expires_in": new.expires_in_seconds,
+            "priority": new.priority,
+            "concurrency_key": new.concurrency_key,
         }
 
     def _due_at(self) -> ColumnElement[datetime]:

@@ -1,0 +1,456 @@
+"""The claims of gated queues, the held tasks' wake-up, and the gates as data.
+
+A gated queue's claim is one transaction that first locks the queue's row (``FOR
+UPDATE``; SQLite has one writer anyway) and then, in statements that see every claim
+committed before it, counts what runs and what started in the rate window, picks the
+best tasks among those the message named and those held (priority, then age, within
+each key's room), claims them and holds the rest with their reason. The lock is what
+makes a cap exact across workers: two claims of the queue never count the same free
+slot. Ungated queues never take it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from krolik.flow import GATE_FIELDS, Hold, QueueGates
+from krolik.store.records import Task
+from krolik.store.sql.core import PENDING, PROCESSING, SqlCore
+from krolik.store.sql.rows import aware, row_to_task
+from krolik.store.tables import queue_starts, queues, tasks
+
+WAKE_BATCH = 1000
+"""Held tasks dispatched again per statement when a gate opens wide (a resume)."""
+
+
+def gated(table: Any = queues) -> ColumnElement[bool]:
+    """Whether the queue row says its claims go through the gates."""
+    return or_(
+        table.c.paused,
+        table.c.max_running.is_not(None),
+        table.c.max_running_per_key.is_not(None),
+        table.c.rate_limit.is_not(None),
+    )
+
+
+def gates_of(row: Mapping[Any, Any] | None, name: str) -> QueueGates:
+    if row is None:
+        return QueueGates(name)
+    return QueueGates(
+        name=row["name"],
+        paused=bool(row["paused"]),
+        max_running=row["max_running"],
+        max_running_per_key=row["max_running_per_key"],
+        rate_limit=row["rate_limit"],
+        updated_at=aware(row["updated_at"]),
+    )
+
+
+class FlowStatements(SqlCore):
+    def _claim_values(
+        self, worker_id: str, lease_seconds: float, handlers: Mapping[str, int]
+    ) -> dict[str, Any]:
+        """What a claim writes: the next fencing token, the handler's default attempts."""
+        clock = self.dialect.clock()
+        return {
+            "status": PROCESSING,
+            "attempts": tasks.c.attempts + 1,
+            "run_token": tasks.c.run_token + 1,
+            "max_attempts": func.coalesce(
+                tasks.c.max_attempts, case(dict(handlers), value=tasks.c.name)
+            ),
+            "worker_id": worker_id,
+            "lease_expires_at": self.dialect.later(lease_seconds),
+            "started_at": clock,
+            "updated_at": clock,
+            "progress": None,
+            "held": None,
+        }
+
+    def _claimable(self, names: Sequence[str]) -> ColumnElement[bool]:
+        now = self.dialect.now()
+        return and_(
+            tasks.c.status == PENDING,
+            tasks.c.run_at <= now,
+            tasks.c.name.in_(list(names)),
+            or_(tasks.c.expires_at.is_(None), tasks.c.expires_at > now),
+        )
+
+    # -- claims --------------------------------------------------------------------
+    async def _with_gated_claims(
+        self,
+        task_ids: Sequence[int],
+        answers: list[Task | None],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task | None]:
+        """The plain claim's answers, with the ids it refused tried through their queue's
+        gates: what that claims (the best waiting tasks, maybe not the named ones)
+        fills the places of the refused ids."""
+        refused = [task_id for task_id, task in zip(task_ids, answers, strict=True) if not task]
+        if not refused:
+            return answers
+        through_gates = iter(await self._claim_gated(refused, worker_id, lease_seconds, handlers))
+        return [task or next(through_gates, None) for task in answers]
+
+    async def _claim_gated(
+        self,
+        task_ids: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task]:
+        """The claims of the named tasks that a plain claim refused because their queue
+        is gated: per queue, as many of the best waiting tasks as the gates allow."""
+        if not task_ids or not handlers:
+            return []
+        stmt = (
+            select(tasks.c.id, tasks.c.queue)
+            .join(queues, queues.c.name == tasks.c.queue)
+            .where(tasks.c.id.in_(list(task_ids)), self._claimable(list(handlers)), gated())
+        )
+        async with self._tx() as conn:
+            hints = (await conn.execute(stmt)).all()
+        by_queue: dict[str, list[int]] = {}
+        for row in hints:
+            by_queue.setdefault(row.queue, []).append(row.id)
+        claimed: list[Task] = []
+        for queue, ids in sorted(by_queue.items()):
+            async with self._tx() as conn:
+                claimed += await self._claim_in_queue(
+                    conn, queue, ids, worker_id, lease_seconds, handlers
+                )
+        return [replace(task, gated=True) for task in claimed]
+
+    async def _lock_gates(self, conn: AsyncConnection, queue: str) -> QueueGates:
+        row = (
+            (await conn.execute(select(queues).where(queues.c.name == queue).with_for_update()))
+            .mappings()
+            .first()
+        )
+        return gates_of(row, queue)
+
+    async def _room(
+        self, conn: AsyncConnection, gates: QueueGates, wanted: int
+    ) -> tuple[int, Hold | None]:
+        """How many may start now (at most ``wanted``), and the gate that bounds it."""
+        if gates.paused:
+            return 0, Hold.PAUSED
+        room, bound = wanted, None
+        if gates.max_running is not None:
+            running = await self._count(
+                conn, and_(tasks.c.queue == gates.name, tasks.c.status == PROCESSING)
+            )
+            free = max(0, gates.max_running - running)
+            if free < room:
+                room, bound = free, Hold.MAX_RUNNING
+        rate = gates.rate
+        if rate is not None:
+            await conn.execute(
+                delete(queue_starts).where(
+                    queue_starts.c.queue == gates.name,
+                    queue_starts.c.started_at <= self.dialect.ago(rate.window_seconds),
+                )
+            )
+            used = await self._count_starts(conn, gates.name)
+            free = max(0, rate.amount - used)
+            if free < room:
+                room, bound = free, Hold.RATE_LIMIT
+        return room, bound
+
+    async def _count(self, conn: AsyncConnection, condition: ColumnElement[bool]) -> int:
+        stmt = select(func.count()).select_from(tasks).where(condition)
+        return int((await conn.execute(stmt)).scalar_one())
+
+    async def _count_starts(self, conn: AsyncConnection, queue: str) -> int:
+        stmt = select(func.count()).select_from(queue_starts).where(queue_starts.c.queue == queue)
+        return int((await conn.execute(stmt)).scalar_one())
+
+    async def _pick(
+        self,
+        conn: AsyncConnection,
+        gates: QueueGates,
+        room: int,
+        names: Sequence[str],
+        named: Sequence[int] = (),
+    ) -> tuple[list[int], set[str]]:
+        """Up to ``room`` tasks to start: the best of those ``named`` and those held,
+        each key within its room. Also the keys at their limit once these start."""
+        if room <= 0:
+            return [], set()
+        candidates = self._claimable(names)
+        waiting = or_(tasks.c.held.is_not(None), tasks.c.id.in_(list(named)))
+        order = (tasks.c.priority.desc(), tasks.c.run_at, tasks.c.id)
+        per_key = gates.max_running_per_key
+        if per_key is None:
+            stmt = (
+                select(tasks.c.id)
+                .where(tasks.c.queue == gates.name, candidates, waiting)
+                .order_by(*order)
+                .limit(room)
+            )
+            return list((await conn.execute(stmt)).scalars().all()), set()
+        running: dict[str, int] = dict(
+            (
+                await conn.execute(
+                    select(tasks.c.concurrency_key, func.count())
+                    .where(
+                        tasks.c.queue == gates.name,
+                        tasks.c.status == PROCESSING,
+                        tasks.c.concurrency_key.is_not(None),
+                    )
+                    .group_by(tasks.c.concurrency_key)
+                )
+            ).all()
+        )
+        # Each key's best ``per_key`` waiting tasks at most: no key can fill the room
+        # whatever its backlog, so a small tenant is not left behind a big one.
+        rank = (
+            func.row_number()
+            .over(partition_by=tasks.c.concurrency_key, order_by=order)
+            .label("rank")
+        )
+        ranked = (
+            select(tasks.c.id, tasks.c.concurrency_key, tasks.c.priority, tasks.c.run_at, rank)
+            .where(tasks.c.queue == gates.name, candidates, waiting)
+            .subquery()
+        )
+        stmt = (
+            select(ranked.c.id, ranked.c.concurrency_key)
+            .where(or_(ranked.c.concurrency_key.is_(None), ranked.c.rank <= per_key))
+            .order_by(ranked.c.priority.desc(), ranked.c.run_at, ranked.c.id)
+        )
+        chosen: list[int] = []
+        for task_id, key in (await conn.execute(stmt)).all():
+            if len(chosen) >= room:
+                break
+            if key is not None:
+                if running.get(key, 0) >= per_key:
+                    continue
+                running[key] = running.get(key, 0) + 1
+            chosen.append(task_id)
+        return chosen, {key for key, count in running.items() if count >= per_key}
+
+    async def _claim_in_queue(
+        self,
+        conn: AsyncConnection,
+        queue: str,
+        named: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task]:
+        gates = await self._lock_gates(conn, queue)
+        names = list(handlers)
+        full_keys: set[str] = set()
+        if not gates.gated:  # the gates were lifted meanwhile: the named tasks, plainly
+            chosen, bound = list(named), None
+        else:
+            room, bound = await self._room(conn, gates, len(named))
+            chosen, full_keys = await self._pick(conn, gates, room, names, named)
+        claimed: list[Task] = []
+        if chosen:
+            stmt = (
+                update(tasks)
+                .where(tasks.c.id.in_(chosen), self._claimable(names))
+                .values(**self._claim_values(worker_id, lease_seconds, handlers))
+                .returning(*tasks.c)
+            )
+            claimed = [row_to_task(row) for row in (await conn.execute(stmt)).mappings().all()]
+            if claimed and gates.rate_limit is not None:
+                await conn.execute(
+                    insert(queue_starts).values(started_at=self.dialect.clock()),
+                    [{"queue": queue}] * len(claimed),
+                )
+        taken = {task.id for task in claimed}
+        refused = [task_id for task_id in named if task_id not in taken]
+        if refused:
+            await self._refuse(conn, refused, bound, full_keys)
+        return sorted(claimed, key=lambda task: task.id)
+
+    async def _refuse(
+        self,
+        conn: AsyncConnection,
+        refused: Sequence[int],
+        bound: Hold | None,
+        full_keys: set[str],
+    ) -> None:
+        """The named tasks not started: held with their reason (a key at its limit, else
+        the gate that bound the room); one that only lost its place to better tasks
+        waiting, with no gate shut, is dispatched again at once instead."""
+        key = tasks.c.concurrency_key
+        reason: ColumnElement[Any] | None = None
+        if full_keys and bound is not Hold.PAUSED:
+            reason = case(
+                (key.in_(sorted(full_keys)), Hold.KEY_LIMIT.value),
+                else_=bound.value if bound is not None else None,
+            )
+        elif bound is not None:
+            reason = literal(bound.value)
+        pending = and_(tasks.c.id.in_(list(refused)), tasks.c.status == PENDING)
+        if reason is not None:
+            await conn.execute(update(tasks).where(pending).values(held=reason))
+        displaced = (
+            (
+                await conn.execute(
+                    select(tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.run_at).where(
+                        pending, tasks.c.held.is_(None)
+                    )
+                )
+            )
+            .mappings()
+            .all()
+        )
+        if displaced:
+            await self._dispatch(conn, displaced)
+
+    # -- waking ----------------------------------------------------------------------
+    async def wake(self, queue: str) -> int:
+        """Dispatch again as many held tasks of ``queue`` as its gates let start now
+        (all of them, a batch at a time, once the queue is no longer gated)."""
+        woken = 0
+        while True:
+            async with self._tx() as conn:
+                gates = await self._lock_gates(conn, queue)
+                if gates.gated:
+                    room, _ = await self._room(conn, gates, WAKE_BATCH)
+                    ids, _ = await self._pick(
+                        conn, gates, room, await self._held_names(conn, queue)
+                    )
+                else:
+                    ids = list(
+                        (
+                            await conn.execute(
+                                select(tasks.c.id)
+                                .where(
+                                    tasks.c.queue == queue,
+                                    tasks.c.status == PENDING,
+                                    tasks.c.held.is_not(None),
+                                )
+                                .order_by(tasks.c.priority.desc(), tasks.c.run_at, tasks.c.id)
+                                .limit(WAKE_BATCH)
+                            )
+                        )
+                        .scalars()
+                        .all()
+                    )
+                if not ids:
+                    return woken
+                rows = (
+                    (
+                        await conn.execute(
+                            update(tasks)
+                            .where(tasks.c.id.in_(ids), tasks.c.status == PENDING)
+                            .values(held=None, updated_at=self.dialect.clock())
+                            .returning(tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.run_at)
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
+                await self._dispatch(conn, rows)
+            woken += len(rows)
+            if gates.gated or len(ids) < WAKE_BATCH:
+                return woken
+
+    async def _held_names(self, conn: AsyncConnection, queue: str) -> list[str]:
+        """The names of the queue's held tasks: a wake-up dispatches them for whichever
+        worker serves them."""
+        stmt = (
+            select(tasks.c.name)
+            .where(tasks.c.queue == queue, tasks.c.status == PENDING, tasks.c.held.is_not(None))
+            .distinct()
+        )
+        return list((await conn.execute(stmt)).scalars().all())
+
+    async def held_queues(self) -> dict[str, float | None]:
+        """Queues with held tasks, each with when its rate window next frees a start
+        (seconds from now; None: not rate-bound), for the waker."""
+        stmt = (
+            select(tasks.c.queue)
+            .where(tasks.c.status == PENDING, tasks.c.held.is_not(None))
+            .distinct()
+        )
+        answer: dict[str, float | None] = {}
+        async with self._tx() as conn:
+            for queue in (await conn.execute(stmt)).scalars().all():
+                answer[queue] = await self._rate_frees_in(conn, queue)
+        return answer
+
+    async def _rate_frees_in(self, conn: AsyncConnection, queue: str) -> float | None:
+        row = (await conn.execute(select(queues).where(queues.c.name == queue))).mappings().first()
+        rate = gates_of(row, queue).rate
+        if rate is None:
+            return None
+        oldest = (
+            await conn.execute(
+                select(func.min(queue_starts.c.started_at)).where(queue_starts.c.queue == queue)
+            )
+        ).scalar_one()
+        if oldest is None:
+            return 0.0
+        frees = aware(oldest).timestamp() + rate.window_seconds
+        return max(0.0, frees - time.time())
+
+    # -- the gates as data -------------------------------------------------------------
+    async def get_gates(self, queue: str) -> QueueGates:
+        async with self._tx() as conn:
+            row = (
+                (await conn.execute(select(queues).where(queues.c.name == queue)))
+                .mappings()
+                .first()
+            )
+        return gates_of(row, queue)
+
+    async def list_gates(self) -> list[QueueGates]:
+        async with self._tx() as conn:
+            rows = (await conn.execute(select(queues).order_by(queues.c.name))).mappings().all()
+        return [gates_of(row, row["name"]) for row in rows]
+
+    async def set_gates(self, queue: str, changes: Mapping[str, Any]) -> QueueGates:
+        unknown = set(changes) - set(GATE_FIELDS)
+        if unknown:
+            raise ValueError(f"not a queue gate: {', '.join(sorted(unknown))}")
+        clock = self.dialect.clock()
+        values = {"name": queue, "updated_at": clock, **changes}
+        stmt = (
+            self.dialect.insert(queues)
+            .values(**values)
+            .on_conflict_do_update(
+                index_elements=[queues.c.name], set_={**changes, "updated_at": clock}
+            )
+            .returning(*queues.c)
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).mappings().one()
+        return gates_of(row, queue)
+
+    async def held_counts(self) -> dict[str, dict[str, int]]:
+        stmt = (
+            select(tasks.c.queue, tasks.c.held, func.count())
+            .where(tasks.c.status == PENDING, tasks.c.held.is_not(None))
+            .group_by(tasks.c.queue, tasks.c.held)
+        )
+        answer: dict[str, dict[str, int]] = {}
+        async with self._tx() as conn:
+            for queue, held, count in (await conn.execute(stmt)).all():
+                answer.setdefault(queue, {})[held] = int(count)
+        return answer

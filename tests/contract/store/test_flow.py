@@ -1,0 +1,183 @@
+"""Flow control in the store: a gated queue's claims respect its pause, caps, key limits
+and rate window; what they refuse is held, never lost, and woken best first when a slot
+frees."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from krolik.flow import Hold, change_gates
+from krolik.states import TaskStatus
+from krolik.store.base import TaskStore
+from krolik.store.records import RunRef
+from krolik.store.sql.store import SqlTaskStore
+from krolik.store.tables import queue_starts
+from tests.contract.store.support import (
+    HANDLERS,
+    LEASE,
+    OTHER_WORKER,
+    WORKER,
+    add,
+    backdate,
+    current,
+    drain_outbox,
+    due_outbox,
+    take,
+)
+
+QUEUE = "default"
+
+
+async def claim_ids(store: TaskStore, ids: list[int], worker: str = WORKER) -> list[int]:
+    """The ids a claim naming ``ids`` took (maybe others than those named)."""
+    answers = await store.claim_many(ids, worker, LEASE, HANDLERS)
+    return sorted(task.id for task in answers if task is not None)
+
+
+async def held(store: TaskStore, task_id: int) -> str | None:
+    return (await current(store, task_id)).held
+
+
+async def test_an_ungated_queue_claims_as_before(any_store: TaskStore) -> None:
+    task = await add(any_store)
+    await any_store.set_gates(QUEUE, {"paused": False})  # a row, but no gate
+    [claimed] = await any_store.claim_many([task.id], WORKER, LEASE, HANDLERS)
+    assert claimed is not None and claimed.id == task.id
+    assert not claimed.gated
+
+
+async def test_a_paused_queue_starts_nothing_until_resumed(any_store: TaskStore) -> None:
+    await change_gates(any_store, QUEUE, {"paused": True})
+    ids = [(await add(any_store)).id for _ in range(3)]
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, ids) == []
+    assert [await held(any_store, i) for i in ids] == [Hold.PAUSED.value] * 3
+    assert await any_store.held_counts() == {QUEUE: {"paused": 3}}
+    assert await any_store.wake(QUEUE) == 0  # still paused
+    assert await due_outbox(any_store) == []
+
+    await change_gates(any_store, QUEUE, {"paused": False})  # wakes them all
+    assert await due_outbox(any_store) == ids
+    assert [await held(any_store, i) for i in ids] == [None] * 3
+    assert await claim_ids(any_store, ids) == ids
+
+
+async def test_max_running_holds_across_workers(any_store: TaskStore) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 2})
+    ids = [(await add(any_store)).id for _ in range(5)]
+    await drain_outbox(any_store)
+    first = await any_store.claim_many(ids[:3], WORKER, LEASE, HANDLERS)
+    assert await claim_ids(any_store, ids[3:], OTHER_WORKER) == []
+    runs = [task for task in first if task is not None]
+    assert len(runs) == 2 and all(task.gated for task in runs)
+    assert (await any_store.held_counts())[QUEUE] == {"max_running": 3}
+    assert await any_store.wake(QUEUE) == 0  # no free slot
+    # A run ends: its slot goes to one held task, and only one.
+    assert await any_store.complete(RunRef.of(runs[0]), "ok")
+    assert await any_store.wake(QUEUE) == 1
+    [woken] = await due_outbox(any_store)
+    assert woken in ids and woken not in {task.id for task in runs}
+    assert await claim_ids(any_store, [woken], OTHER_WORKER) == [woken]
+    assert await claim_ids(any_store, ids, OTHER_WORKER) == []
+
+
+async def test_the_best_waiting_task_takes_the_free_slot(any_store: TaskStore) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 1})
+    running, run = await take(any_store, await add(any_store))
+    low = [(await add(any_store, priority=0)).id for _ in range(3)]
+    high = (await add(any_store, priority=5)).id
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, [*low, high]) == []  # the slot is taken: all held
+    assert await any_store.complete(run, "ok")
+    # A message naming a low task claims the best one waiting: the high one.
+    assert await claim_ids(any_store, [low[0]]) == [high]
+    assert await held(any_store, low[0]) == Hold.MAX_RUNNING.value
+    assert (await current(any_store, running.id)).status is TaskStatus.DONE
+
+
+async def test_a_key_limit_lets_a_small_tenant_pass_a_big_one(any_store: TaskStore) -> None:
+    await any_store.set_gates(QUEUE, {"max_running_per_key": 2})
+    big = [(await add(any_store, concurrency_key="A")).id for _ in range(10)]
+    small = [(await add(any_store, concurrency_key="B")).id for _ in range(2)]
+    await drain_outbox(any_store)
+    started = await claim_ids(any_store, big)
+    assert len(started) == 2 and set(started) <= set(big)
+    assert (await any_store.held_counts())[QUEUE] == {"key_limit": 8}
+    assert await claim_ids(any_store, small) == small  # B is not behind A's backlog
+    # A wake-up with A at its limit dispatches none of A's.
+    assert await any_store.wake(QUEUE) == 0
+
+
+async def test_a_rate_limit_holds_past_its_window_and_wakes_when_it_slides(
+    any_store: TaskStore,
+) -> None:
+    await change_gates(any_store, QUEUE, {"rate_limit": "3/minute"})
+    ids = [(await add(any_store)).id for _ in range(5)]
+    await drain_outbox(any_store)
+    assert len(await claim_ids(any_store, ids)) == 3
+    assert (await any_store.held_counts())[QUEUE] == {"rate_limit": 2}
+    [(queue, frees_in)] = (await any_store.held_queues()).items()
+    assert queue == QUEUE and frees_in is not None and 50 < frees_in <= 60
+    assert await any_store.wake(QUEUE) == 0
+    # A minute later (the starts moved back), the window has room for the other two.
+    assert isinstance(any_store, SqlTaskStore)
+    a_while_ago = datetime.now(UTC) - timedelta(minutes=2)
+    async with any_store.engine.begin() as conn:
+        await conn.execute(update(queue_starts).values(started_at=a_while_ago))
+    assert (await any_store.held_queues())[QUEUE] == 0
+    assert await any_store.wake(QUEUE) == 2
+    assert len(await claim_ids(any_store, await due_outbox(any_store))) == 2
+
+
+async def test_lifting_the_limits_wakes_every_held_task(any_store: TaskStore) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 0})
+    ids = [(await add(any_store)).id for _ in range(4)]
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, ids) == []
+    await change_gates(any_store, QUEUE, {"max_running": None})
+    assert await due_outbox(any_store) == ids
+    assert await claim_ids(any_store, ids) == ids  # ungated again: claimed plainly
+
+
+async def test_a_rescued_run_gives_its_slot_back(any_store: TaskStore) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 1})
+    lost, _ = await take(any_store, await add(any_store))
+    waiting = (await add(any_store)).id
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, [waiting]) == []
+    await backdate(any_store, lost.id, lease_expires_at=timedelta(seconds=5))
+    [rescued] = await any_store.rescue_expired(10)
+    assert rescued.status is TaskStatus.PENDING
+    assert await any_store.wake(QUEUE) == 1
+    # The rescued task has its message again too; whichever comes first takes the slot.
+    due = await due_outbox(any_store)
+    assert waiting in due
+    assert len(await claim_ids(any_store, due)) == 1
+
+
+async def test_a_stale_held_task_is_not_dispatched_again_by_the_rescuer(
+    any_store: TaskStore,
+) -> None:
+    await any_store.set_gates(QUEUE, {"paused": True})
+    task = await add(any_store)
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, [task.id]) == []
+    await backdate(any_store, task.id, run_at=timedelta(hours=1), updated_at=timedelta(hours=1))
+    assert await any_store.redispatch_stale(60, 100) == 0
+
+
+async def test_gates_are_data(any_store: TaskStore) -> None:
+    assert not (await any_store.get_gates("emails")).gated
+    gates = await any_store.set_gates("emails", {"max_running": 3, "rate_limit": "60/minute"})
+    assert gates.gated and gates.max_running == 3 and gates.rate is not None
+    assert gates.rate.amount == 60 and gates.rate.window_seconds == 60
+    gates = await any_store.set_gates("emails", {"rate_limit": None})
+    assert gates.max_running == 3 and gates.rate_limit is None
+    assert [g.name for g in await any_store.list_gates()] == ["emails"]
+    with pytest.raises(ValueError, match="not a queue gate"):
+        await any_store.set_gates("emails", {"max_runing": 3})
+    with pytest.raises(ValueError, match="not a rate limit"):
+        await change_gates(any_store, "emails", {"rate_limit": "often"})
