@@ -16,6 +16,7 @@ import typer
 from krolik.access import Scope
 from krolik.builtin_tasks import builtin_registry
 from krolik.errors import ConfigurationError, InvalidTransition
+from krolik.flow import QueueGates
 from krolik.log import configure_logging, get_logger
 from krolik.node import Mode, Node, Role, build_store
 from krolik.process import run_loop, serve_api, serve_until_stopped, serve_worker
@@ -332,6 +333,110 @@ def schedules_delete(
         typer.echo(f"error: no schedule named {name!r}", err=True)
         raise SystemExit(1)
     typer.echo(f"deleted schedule {name!r}")
+
+
+queues_cli = typer.Typer(
+    help="Each queue's pause and limits: list, pause, resume, set.", no_args_is_help=True
+)
+cli.add_typer(queues_cli, name="queues")
+
+
+def _limit(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+@queues_cli.command("list")
+def queues_list(data: DataOption = None) -> None:
+    """Every queue with gates set: pause, limits, and the tasks they hold."""
+    settings = load_settings()
+
+    async def read(store: TaskStore) -> tuple[list[QueueGates], dict[str, dict[str, int]]]:
+        return await store.list_gates(), await store.held_counts()
+
+    gates, held = asyncio.run(_with_store(settings, data, read))
+    typer.echo(f"{'queue':<24} {'state':<7} {'max_running':<12} {'per_key':<8} {'rate':<18} held")
+    for item in gates:
+        waiting = ", ".join(f"{n} {why}" for why, n in sorted(held.get(item.name, {}).items()))
+        typer.echo(
+            f"{item.name:<24} {'paused' if item.paused else 'active':<7} "
+            f"{_limit(item.max_running):<12} {_limit(item.max_running_per_key):<8} "
+            f"{_limit(item.rate_limit):<18} {waiting or '-'}"
+        )
+
+
+def _change_queue(name: str, changes: dict[str, object], data: Path | None) -> QueueGates:
+    from krolik.flow import change_gates
+
+    settings = load_settings()
+    try:
+        return asyncio.run(_with_store(settings, data, lambda s: change_gates(s, name, changes)))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
+QueueArgument = Annotated[str, typer.Argument(help="The queue's name.")]
+
+
+@queues_cli.command("pause")
+def queues_pause(name: QueueArgument, data: DataOption = None) -> None:
+    """No new starts in the queue; running tasks finish, submissions are still accepted."""
+    _change_queue(name, {"paused": True}, data)
+    typer.echo(f"paused queue {name!r}")
+
+
+@queues_cli.command("resume")
+def queues_resume(name: QueueArgument, data: DataOption = None) -> None:
+    """Start the queue's held tasks again, as many as its limits allow."""
+    _change_queue(name, {"paused": False}, data)
+    typer.echo(f"resumed queue {name!r}")
+
+
+@queues_cli.command("set")
+def queues_set(
+    name: QueueArgument,
+    max_running: Annotated[
+        str | None, typer.Option(help="At most this many run at once ('none' lifts it).")
+    ] = None,
+    max_running_per_key: Annotated[
+        str | None, typer.Option(help="At most this many of one concurrency_key ('none').")
+    ] = None,
+    rate_limit: Annotated[
+        str | None, typer.Option(help="Starts per window, e.g. 60/minute ('none').")
+    ] = None,
+    data: DataOption = None,
+) -> None:
+    """Change a queue's limits at run time (as PATCH /queues/{name} does)."""
+    changes: dict[str, object] = {}
+    for field, given in (
+        ("max_running", max_running),
+        ("max_running_per_key", max_running_per_key),
+        ("rate_limit", rate_limit),
+    ):
+        if given is None:
+            continue
+        if given.lower() == "none":
+            changes[field] = None
+        elif field == "rate_limit":
+            changes[field] = given
+        else:
+            least = 0 if field == "max_running" else 1
+            if not given.isdigit() or int(given) < least:
+                option = field.replace("_", "-")
+                typer.echo(f"error: --{option} takes a number from {least}, or none", err=True)
+                raise SystemExit(1)
+            changes[field] = int(given)
+    if not changes:
+        typer.echo(
+            "error: nothing to change (--max-running, --max-running-per-key, --rate-limit)",
+            err=True,
+        )
+        raise SystemExit(1)
+    gates = _change_queue(name, changes, data)
+    typer.echo(
+        f"queue {name!r}: max_running {_limit(gates.max_running)}, max_running_per_key "
+        f"{_limit(gates.max_running_per_key)}, rate_limit {_limit(gates.rate_limit)}"
+    )
 
 
 def _age(seconds: float) -> str:

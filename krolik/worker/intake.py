@@ -216,7 +216,8 @@ class Intake:
 
     async def _not_claimed(self, once: _Once, messages: Sequence[TaskMessage], whole: bool) -> bool:
         """Why tasks were not claimed. One that exists but is not claimable (a duplicate,
-        stale, cancelled or not yet due) is dropped; one stored under a name this worker
+        stale, cancelled or not yet due) is dropped, and so is one its queue's gates hold
+        (the store wakes it); one stored under a name this worker
         has no handler for (the message said otherwise) is put back; a message naming no
         task at all is dead-lettered. False when the delivery was settled here."""
         unserved: list[TaskMessage] = []
@@ -233,6 +234,9 @@ class Intake:
                 await self._dead_letter_part(once, message, reason)
             elif task.status is TaskStatus.PENDING and task.name not in self.registry.handlers:
                 unserved.append(TaskMessage(task.id, task.name, task.queue))
+            elif task.held is not None:
+                self.stats.held += 1  # its queue's gates hold it: woken when a slot frees
+                self._log.debug("task_held", task_id=task.id, reason=task.held)
             elif is_overdue(task):
                 for ended in await self.store.expire_overdue(1, [task.id]):
                     self._log.info("task_expired", task_id=ended.id)

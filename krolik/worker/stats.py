@@ -20,3 +20,5 @@ class WorkerStats:
     """Tasks put back for a worker with their handler (or until one comes)."""
     handed_back: int = 0
     """Tasks of messages that waited too long for a free slot, dispatched again."""
+    held: int = 0
+    """Tasks their queue's gates held (paused, at a limit): the store wakes them."""

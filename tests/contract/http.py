@@ -29,6 +29,7 @@ from krolik.schedules.scheduler import Scheduler
 from krolik.settings import Settings
 from krolik.snooze import Snooze
 from krolik.store.base import TaskStore
+from krolik.waker import Waker
 from krolik.worker import Worker
 from tests.conftest import test_settings as settings_for_tests
 
@@ -92,6 +93,35 @@ async def snoozes(payload: Any, context: TaskContext) -> Any:
     return {"runs": runs, "attempt": context.attempt}
 
 
+COUNTED = "contract.counted"
+
+
+class Running:
+    """What ``COUNTED``'s runs saw: how many ran at once at most, and their start order."""
+
+    now = 0
+    most = 0
+    started: list[Any] = []
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.now = cls.most = 0
+        cls.started = []
+
+
+@handlers.task(name=COUNTED)
+async def counted(payload: Any) -> Any:
+    """Counts itself running (for caps asserted by the handlers), sleeps ``seconds``."""
+    Running.now += 1
+    Running.most = max(Running.most, Running.now)
+    Running.started.append(payload.get("tag"))
+    try:
+        await asyncio.sleep(payload.get("seconds", 0.05))
+    finally:
+        Running.now -= 1
+    return payload.get("tag")
+
+
 @pytest.fixture
 async def production_client(
     api: httpx.AsyncClient,
@@ -99,13 +129,16 @@ async def production_client(
     store: TaskStore,
     settings: Settings,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API, a worker and, as every worker node runs one, a scheduler."""
+    """The API, a worker and, as every worker node runs them, a scheduler and a waker."""
     await make_worker(handlers)
     scheduler = Scheduler(
         store, settings.scheduler, default_queue=settings.default_queue, registry=handlers
     )
+    waker = Waker(store)
     scheduler.start()
+    waker.start()
     yield api
+    await waker.stop()
     await scheduler.stop()
 
 

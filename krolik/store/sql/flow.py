@@ -408,7 +408,7 @@ class FlowStatements(SqlCore):
         if oldest is None:
             return 0.0
         frees = aware(oldest).timestamp() + rate.window_seconds
-        return max(0.0, frees - time.time())
+        return float(max(0.0, frees - time.time()))
 
     # -- the gates as data -------------------------------------------------------------
     async def get_gates(self, queue: str) -> QueueGates:

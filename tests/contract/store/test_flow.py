@@ -45,7 +45,8 @@ async def test_an_ungated_queue_claims_as_before(any_store: TaskStore) -> None:
     task = await add(any_store)
     await any_store.set_gates(QUEUE, {"paused": False})  # a row, but no gate
     [claimed] = await any_store.claim_many([task.id], WORKER, LEASE, HANDLERS)
-    assert claimed is not None and claimed.id == task.id
+    assert claimed is not None
+    assert claimed.id == task.id
     assert not claimed.gated
 
 
@@ -72,14 +73,16 @@ async def test_max_running_holds_across_workers(any_store: TaskStore) -> None:
     first = await any_store.claim_many(ids[:3], WORKER, LEASE, HANDLERS)
     assert await claim_ids(any_store, ids[3:], OTHER_WORKER) == []
     runs = [task for task in first if task is not None]
-    assert len(runs) == 2 and all(task.gated for task in runs)
+    assert len(runs) == 2
+    assert all(task.gated for task in runs)
     assert (await any_store.held_counts())[QUEUE] == {"max_running": 3}
     assert await any_store.wake(QUEUE) == 0  # no free slot
     # A run ends: its slot goes to one held task, and only one.
     assert await any_store.complete(RunRef.of(runs[0]), "ok")
     assert await any_store.wake(QUEUE) == 1
     [woken] = await due_outbox(any_store)
-    assert woken in ids and woken not in {task.id for task in runs}
+    assert woken in ids
+    assert woken not in {task.id for task in runs}
     assert await claim_ids(any_store, [woken], OTHER_WORKER) == [woken]
     assert await claim_ids(any_store, ids, OTHER_WORKER) == []
 
@@ -104,7 +107,8 @@ async def test_a_key_limit_lets_a_small_tenant_pass_a_big_one(any_store: TaskSto
     small = [(await add(any_store, concurrency_key="B")).id for _ in range(2)]
     await drain_outbox(any_store)
     started = await claim_ids(any_store, big)
-    assert len(started) == 2 and set(started) <= set(big)
+    assert len(started) == 2
+    assert set(started) <= set(big)
     assert (await any_store.held_counts())[QUEUE] == {"key_limit": 8}
     assert await claim_ids(any_store, small) == small  # B is not behind A's backlog
     # A wake-up with A at its limit dispatches none of A's.
@@ -120,7 +124,9 @@ async def test_a_rate_limit_holds_past_its_window_and_wakes_when_it_slides(
     assert len(await claim_ids(any_store, ids)) == 3
     assert (await any_store.held_counts())[QUEUE] == {"rate_limit": 2}
     [(queue, frees_in)] = (await any_store.held_queues()).items()
-    assert queue == QUEUE and frees_in is not None and 50 < frees_in <= 60
+    assert queue == QUEUE
+    assert frees_in is not None
+    assert 50 < frees_in <= 60
     assert await any_store.wake(QUEUE) == 0
     # A minute later (the starts moved back), the window has room for the other two.
     assert isinstance(any_store, SqlTaskStore)
@@ -172,10 +178,14 @@ async def test_a_stale_held_task_is_not_dispatched_again_by_the_rescuer(
 async def test_gates_are_data(any_store: TaskStore) -> None:
     assert not (await any_store.get_gates("emails")).gated
     gates = await any_store.set_gates("emails", {"max_running": 3, "rate_limit": "60/minute"})
-    assert gates.gated and gates.max_running == 3 and gates.rate is not None
-    assert gates.rate.amount == 60 and gates.rate.window_seconds == 60
+    assert gates.gated
+    assert gates.max_running == 3
+    assert gates.rate is not None
+    assert gates.rate.amount == 60
+    assert gates.rate.window_seconds == 60
     gates = await any_store.set_gates("emails", {"rate_limit": None})
-    assert gates.max_running == 3 and gates.rate_limit is None
+    assert gates.max_running == 3
+    assert gates.rate_limit is None
     assert [g.name for g in await any_store.list_gates()] == ["emails"]
     with pytest.raises(ValueError, match="not a queue gate"):
         await any_store.set_gates("emails", {"max_runing": 3})
