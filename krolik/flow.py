@@ -40,6 +40,11 @@ class Hold(StrEnum):
         }[self]
 
 
+SLICES_PER_WINDOW = 60
+"""A slice that overlaps the window counts whole: the limit is never passed, and at most
+a sixtieth of the window's starts waits a slice longer than an exact count would make it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """At most ``amount`` starts in any window of ``window_seconds``."""
@@ -47,6 +52,16 @@ class Rate:
     amount: int
     window_seconds: float
     text: str
+
+    @property
+    def slice_seconds(self) -> float:
+        """Starts are counted per slice of the window: a sixtieth of it."""
+        return self.window_seconds / SLICES_PER_WINDOW
+
+    @property
+    def counted_seconds(self) -> float:
+        """How far back a slice still overlaps the window."""
+        return self.window_seconds + self.slice_seconds
 
     @classmethod
     def parse(cls, text: str) -> Rate:

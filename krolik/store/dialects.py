@@ -51,6 +51,11 @@ class Dialect(ABC):
     def insert(self, table: Table) -> Any:
         """An INSERT that knows ``on_conflict_do_nothing``."""
 
+    @abstractmethod
+    def slice_of_now(self, seconds: float) -> ColumnElement[datetime]:
+        """The start of the ``seconds``-long slice of time (since the epoch) that
+        ``now()`` falls in."""
+
     def statement_time_limit(self, seconds: float) -> str | None:
         """A statement that cancels the transaction's next statements past ``seconds``
         (so their row locks are held no longer), or None where there is none."""
@@ -63,6 +68,10 @@ class PostgresDialect(Dialect):
 
     def now(self) -> ColumnElement[datetime]:
         return func.now()
+
+    def slice_of_now(self, seconds: float) -> ColumnElement[datetime]:
+        length = bindparam(None, float(seconds), type_=Float)
+        return func.to_timestamp(func.floor(func.extract("epoch", func.now()) / length) * length)
 
     def clock(self) -> ColumnElement[datetime]:
         return func.clock_timestamp()
@@ -81,6 +90,7 @@ class PostgresDialect(Dialect):
 
 SQLITE_NOW = "krolik_now"
 SQLITE_LATER = "krolik_later"
+SQLITE_SLICE = "krolik_slice"
 SQLITE_STORAGE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 """How SQLAlchemy stores a DateTime in SQLite: text that sorts as time does."""
 
@@ -96,9 +106,16 @@ def _sqlite_later(seconds: float | None) -> str | None:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime(SQLITE_STORAGE_FORMAT)
 
 
+def _sqlite_slice(seconds: float) -> str:
+    now = datetime.now(UTC).timestamp()
+    start = datetime.fromtimestamp(now - now % seconds, UTC)
+    return start.strftime(SQLITE_STORAGE_FORMAT)
+
+
 SQLITE_FUNCTIONS: dict[str, tuple[int, Callable[..., str | None]]] = {
     SQLITE_NOW: (0, _sqlite_now),
     SQLITE_LATER: (1, _sqlite_later),
+    SQLITE_SLICE: (1, _sqlite_slice),
 }
 """Registered on every SQLite connection of the store: name -> (arguments, function)."""
 
@@ -115,6 +132,9 @@ class SqliteDialect(Dialect):
 
     def ago(self, seconds: float) -> ColumnElement[datetime]:
         return self.later(-seconds)
+
+    def slice_of_now(self, seconds: float) -> ColumnElement[datetime]:
+        return Function(SQLITE_SLICE, bindparam(None, float(seconds), type_=Float), type_=Timestamp)
 
     def insert(self, table: Table) -> Any:
         return sqlite_insert(table)

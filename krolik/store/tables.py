@@ -181,12 +181,13 @@ queues = Table(
 queue_starts = Table(
     "krolik_queue_starts",
     metadata,
-    # The starts of a rate-limited queue within its window (older ones are deleted by the
-    # claims that count them): the window slides, so no window holds more than the limit.
-    Column("id", Id, Identity(), primary_key=True),
-    Column("queue", Text, ForeignKey("krolik_queues.name", ondelete="CASCADE"), nullable=False),
-    Column("started_at", Timestamp, nullable=False),
-    Index("ix_krolik_queue_starts_queue_started_at", "queue", "started_at"),
+    # A rate-limited queue's starts, counted per slice of its window (a sixtieth): a
+    # claim counts every slice that overlaps the window, so no window ever holds more
+    # than the limit (a slice half out of it still counts whole); older slices are
+    # deleted by the claims that count them.
+    Column("queue", Text, ForeignKey("krolik_queues.name", ondelete="CASCADE"), primary_key=True),
+    Column("slice_at", Timestamp, primary_key=True),
+    Column("starts", Integer, nullable=False),
 )
 
 outbox = Table(

@@ -210,3 +210,33 @@ async def test_sigterm_releases_the_running_task_without_counting_the_attempt(
     done = await wait_status(store, task_id, TaskStatus.DONE, timeout=30)
     assert done.attempts == 1
     assert done.result["pid"] == worker_b.pid
+
+
+async def test_a_capped_slot_comes_back_when_its_killed_worker_s_lease_is_rescued(
+    cluster: Cluster, store: PostgresTaskStore
+) -> None:
+    api = await cluster.api()
+    worker_a = cluster.worker("worker-a")
+    async with httpx.AsyncClient(timeout=10) as client:
+        queue = (await client.get(f"{api.url}/queues")).json()[0]["queue"]
+        response = await client.patch(f"{api.url}/queues/{queue}", json={"max_running": 1})
+        assert response.status_code == 200, response.text
+        first = await post_task(client, api.url, {"name": "slow", "payload": {"seconds": 3}})
+        running = await wait_status(store, first, TaskStatus.PROCESSING)
+        second = await post_task(client, api.url, {"name": "slow", "payload": {"seconds": 0}})
+
+        async def held() -> bool:
+            task = await store.get(second)
+            return task is not None and task.held == "max_running"
+
+        await wait_until(held, 20, "the second task held by the cap")
+        worker_a.kill()  # kill -9 while the capped task runs: its slot is the lease's
+        cluster.worker("worker-b")
+        # The rescuer takes the lost run back; the slot goes to one of the two, then the
+        # other: both end done, never two at once.
+        for task_id in (first, second):
+            await wait_status(store, task_id, TaskStatus.DONE, timeout=40)
+    assert worker_pid(running) == worker_a.pid
+    ended = [await store.get(task_id) for task_id in (first, second)]
+    spans = sorted((task.started_at, task.finished_at) for task in ended if task is not None)
+    assert spans[0][1] <= spans[1][0]  # one after the other, within the cap of 1

@@ -8,7 +8,8 @@ Create Date: 2026-12-03 15:00:00.000000
   gated queue waits), with an index of held tasks by queue and priority and one of
   running tasks by queue and key.
 * ``krolik_queues``: each queue's pause and limits, as data.
-* ``krolik_queue_starts``: the recent starts of a rate-limited queue.
+* ``krolik_queue_starts``: the recent starts of a rate-limited queue, per slice of
+  its window.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 HELD = "status = 'pending' AND held IS NOT NULL"
 PROCESSING = "status = 'processing'"
@@ -71,26 +71,20 @@ def upgrade() -> None:
     )
     op.create_table(
         "krolik_queue_starts",
-        sa.Column("id", Id, sa.Identity(), nullable=False),
         sa.Column("queue", sa.Text(), nullable=False),
-        sa.Column("started_at", Timestamp, nullable=False),
+        sa.Column("slice_at", Timestamp, nullable=False),
+        sa.Column("starts", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["queue"],
             ["krolik_queues.name"],
             name=op.f("fk_krolik_queue_starts_queue_krolik_queues"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_krolik_queue_starts")),
-    )
-    op.create_index(
-        "ix_krolik_queue_starts_queue_started_at",
-        "krolik_queue_starts",
-        ["queue", "started_at"],
+        sa.PrimaryKeyConstraint("queue", "slice_at", name=op.f("pk_krolik_queue_starts")),
     )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_krolik_queue_starts_queue_started_at", table_name="krolik_queue_starts")
     op.drop_table("krolik_queue_starts")
     op.drop_table("krolik_queues")
     op.drop_index("ix_krolik_tasks_processing_queue_key", table_name="krolik_tasks")

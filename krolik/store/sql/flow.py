@@ -22,7 +22,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -167,7 +166,7 @@ class FlowStatements(SqlCore):
             await conn.execute(
                 delete(queue_starts).where(
                     queue_starts.c.queue == gates.name,
-                    queue_starts.c.started_at <= self.dialect.ago(rate.window_seconds),
+                    queue_starts.c.slice_at <= self.dialect.ago(rate.counted_seconds),
                 )
             )
             used = await self._count_starts(conn, gates.name)
@@ -181,7 +180,9 @@ class FlowStatements(SqlCore):
         return int((await conn.execute(stmt)).scalar_one())
 
     async def _count_starts(self, conn: AsyncConnection, queue: str) -> int:
-        stmt = select(func.count()).select_from(queue_starts).where(queue_starts.c.queue == queue)
+        stmt = select(func.coalesce(func.sum(queue_starts.c.starts), 0)).where(
+            queue_starts.c.queue == queue
+        )
         return int((await conn.execute(stmt)).scalar_one())
 
     async def _pick(
@@ -275,10 +276,18 @@ class FlowStatements(SqlCore):
                 .returning(*tasks.c)
             )
             claimed = [row_to_task(row) for row in (await conn.execute(stmt)).mappings().all()]
-            if claimed and gates.rate_limit is not None:
+            rate = gates.rate
+            if claimed and rate is not None:
+                count = self.dialect.insert(queue_starts).values(
+                    queue=queue,
+                    slice_at=self.dialect.slice_of_now(rate.slice_seconds),
+                    starts=len(claimed),
+                )
                 await conn.execute(
-                    insert(queue_starts).values(started_at=self.dialect.clock()),
-                    [{"queue": queue}] * len(claimed),
+                    count.on_conflict_do_update(
+                        index_elements=[queue_starts.c.queue, queue_starts.c.slice_at],
+                        set_={"starts": queue_starts.c.starts + count.excluded.starts},
+                    )
                 )
         taken = {task.id for task in claimed}
         refused = [task_id for task_id in named if task_id not in taken]
@@ -402,12 +411,15 @@ class FlowStatements(SqlCore):
             return None
         oldest = (
             await conn.execute(
-                select(func.min(queue_starts.c.started_at)).where(queue_starts.c.queue == queue)
+                select(func.min(queue_starts.c.slice_at)).where(
+                    queue_starts.c.queue == queue,
+                    queue_starts.c.slice_at > self.dialect.ago(rate.counted_seconds),
+                )
             )
         ).scalar_one()
         if oldest is None:
             return 0.0
-        frees = aware(oldest).timestamp() + rate.window_seconds
+        frees = aware(oldest).timestamp() + rate.counted_seconds
         return float(max(0.0, frees - time.time()))
 
     # -- the gates as data -------------------------------------------------------------
