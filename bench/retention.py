@@ -246,7 +246,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="submitting clients")
     parser.add_argument("--submit-seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32, help="worker concurrency")
-    parser.add_argument("--timeout", type=float, default=1800, help="most seconds of cleaning")
+    parser.add_argument("--timeout", type=float, default=3600, help="most seconds of cleaning")
     parser.add_argument(
         "--autovacuum-wait", type=float, default=120, help="seconds to wait for autovacuum"
     )

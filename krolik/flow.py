@@ -106,7 +106,9 @@ class QueueGates:
         return None if self.rate_limit is None else Rate.parse(self.rate_limit)
 
 
-GATE_FIELDS = ("paused", "max_running", "max_running_per_key", "rate_limit")
+LIMIT_FIELDS = ("max_running", "max_running_per_key", "rate_limit")
+"""The limits (what the settings may give a queue)."""
+GATE_FIELDS = ("paused", *LIMIT_FIELDS)
 """What ``PATCH /queues/{name}`` may change."""
 
 

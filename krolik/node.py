@@ -246,7 +246,12 @@ class Node:
             )
             from krolik.waker import Waker
 
-            node.waker = Waker(the_store)
+            node.waker = Waker(
+                the_store,
+                defaults={
+                    queue: limits.model_dump() for queue, limits in settings.flow.queues.items()
+                },
+            )
             if settings.retention.enabled:
                 from krolik.retention import Cleaner
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -237,6 +237,30 @@ class SchedulerSettings(BaseModel):
     """Due schedules taken per transaction."""
 
 
+class QueueLimitDefaults(BaseModel):
+    """A queue's limits as the settings give them (see ``FlowSettings``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: int | None = Field(None, ge=0)
+    max_running_per_key: int | None = Field(None, ge=1)
+    rate_limit: str | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        from krolik.flow import Rate
+
+        return None if value is None else Rate.parse(value).text
+
+
+class FlowSettings(BaseModel):
+    queues: dict[str, QueueLimitDefaults] = Field(default_factory=dict)
+    """Queue limits to start from, e.g. ``{"partner": {"max_running": 5, "rate_limit":
+    "60/minute"}}``: written by each worker at start while the queue's limits are still
+    the settings' (a ``PATCH /queues/{name}`` takes them over from then on)."""
+
+
 class MetricsSettings(BaseModel):
     stuck_after_seconds: float = Field(600.0, gt=0)
     """A task processing longer than this counts as stuck (the seed's 10 minutes)."""
@@ -357,6 +381,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    flow: FlowSettings = Field(default_factory=FlowSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)

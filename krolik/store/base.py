@@ -297,6 +297,23 @@ class TaskStore(ABC):
         The caller wakes the held tasks a change lets start (``wake``)."""
 
     @abstractmethod
+    async def declare_gates(self, defaults: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Write the settings' limits (``FlowSettings.queues``) of queues whose limits
+        are still the settings' (or not set at all); the queues written."""
+
+    @abstractmethod
+    async def claim_held(
+        self,
+        queue: str,
+        most: int,
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task]:
+        """Claim up to ``most`` of the best held tasks of a gated queue, as its gates
+        allow (what a worker whose gated run just ended takes into its free slot)."""
+
+    @abstractmethod
     async def wake(self, queue: str) -> int:
         """Dispatch again as many held tasks of ``queue`` as its gates let start now
         (best first); how many."""

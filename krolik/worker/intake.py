@@ -176,6 +176,32 @@ class Intake:
                 return  # the delivery was settled otherwise
         await once.ack()
 
+    async def take_held(self, queue: str) -> None:
+        """A run of a gated queue ended here: its slot goes to the best task the queue
+        holds, claimed by this worker at once (no message, no relay in between). With no
+        slot free here, or none of the held tasks for this worker's handlers, the queue
+        is woken for any worker."""
+        if self._slots.ready and self._accepting():
+            await self._slots.take(1)
+            self.claiming += 1
+            try:
+                claimed = await self.store.claim_held(
+                    queue, 1, self.worker_id, self.lease_seconds, self.handler_defaults
+                )
+            except BaseException:
+                self._slots.give()
+                raise
+            finally:
+                self.claiming -= 1
+            if claimed:
+                for task in claimed:
+                    self._start_run(task)
+                self._changed()
+                return
+            self._slots.give()
+            self._changed()
+        await self.store.wake(queue)
+
     async def _claim_many(self, task_ids: Sequence[int]) -> list[Task | None]:
         return await self.store.claim_many(
             task_ids, self.worker_id, self.lease_seconds, self.handler_defaults

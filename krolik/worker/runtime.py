@@ -299,7 +299,7 @@ class Worker:
         """A run of a gated queue ended: its slot goes to the best held task at once
         (should this fail, the waker finds it within seconds)."""
         try:
-            await self.store.wake(queue)
+            await self.intake.take_held(queue)
         except Exception as exc:
             self._log.warning("wake_failed", queue=queue, error=str(exc))
 

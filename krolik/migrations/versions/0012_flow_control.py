@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("max_running", sa.Integer(), nullable=True),
         sa.Column("max_running_per_key", sa.Integer(), nullable=True),
         sa.Column("rate_limit", sa.Text(), nullable=True),
+        sa.Column("declared", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
         sa.CheckConstraint(
             "max_running IS NULL OR max_running >= 0", name=op.f("ck_krolik_queues_max_running")

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from krolik.flow import GATE_FIELDS, Hold, QueueGates
+from krolik.flow import GATE_FIELDS, LIMIT_FIELDS, Hold, QueueGates
 from krolik.store.records import Task
 from krolik.store.sql.core import PENDING, PROCESSING, SqlCore
 from krolik.store.sql.rows import aware, row_to_task
@@ -258,6 +258,7 @@ class FlowStatements(SqlCore):
         worker_id: str,
         lease_seconds: float,
         handlers: Mapping[str, int],
+        wanted: int | None = None,
     ) -> list[Task]:
         gates = await self._lock_gates(conn, queue)
         names = list(handlers)
@@ -265,7 +266,7 @@ class FlowStatements(SqlCore):
         if not gates.gated:  # the gates were lifted meanwhile: the named tasks, plainly
             chosen, bound = list(named), None
         else:
-            room, bound = await self._room(conn, gates, len(named))
+            room, bound = await self._room(conn, gates, len(named) if wanted is None else wanted)
             chosen, full_keys = await self._pick(conn, gates, room, names, named)
         claimed: list[Task] = []
         if chosen:
@@ -330,6 +331,22 @@ class FlowStatements(SqlCore):
         )
         if displaced:
             await self._dispatch(conn, displaced)
+
+    async def claim_held(
+        self,
+        queue: str,
+        most: int,
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task]:
+        if most <= 0 or not handlers:
+            return []
+        async with self._tx() as conn:
+            claimed = await self._claim_in_queue(
+                conn, queue, [], worker_id, lease_seconds, handlers, wanted=most
+            )
+        return [replace(task, gated=True) for task in claimed]
 
     # -- waking ----------------------------------------------------------------------
     async def wake(self, queue: str) -> int:
@@ -442,18 +459,38 @@ class FlowStatements(SqlCore):
         if unknown:
             raise ValueError(f"not a queue gate: {', '.join(sorted(unknown))}")
         clock = self.dialect.clock()
-        values = {"name": queue, "updated_at": clock, **changes}
+        changed = {**changes, "declared": False, "updated_at": clock}
         stmt = (
             self.dialect.insert(queues)
-            .values(**values)
-            .on_conflict_do_update(
-                index_elements=[queues.c.name], set_={**changes, "updated_at": clock}
-            )
+            .values(name=queue, **changed)
+            .on_conflict_do_update(index_elements=[queues.c.name], set_=changed)
             .returning(*queues.c)
         )
         async with self._tx() as conn:
             row = (await conn.execute(stmt)).mappings().one()
         return gates_of(row, queue)
+
+    async def declare_gates(self, defaults: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        written: list[str] = []
+        async with self._tx() as conn:
+            for queue, limits in sorted(defaults.items()):
+                values = {
+                    **dict.fromkeys(LIMIT_FIELDS),
+                    **limits,
+                    "declared": True,
+                    "updated_at": self.dialect.clock(),
+                }
+                stmt = (
+                    self.dialect.insert(queues)
+                    .values(name=queue, **values)
+                    .on_conflict_do_update(
+                        index_elements=[queues.c.name], set_=values, where=queues.c.declared
+                    )
+                    .returning(queues.c.name)
+                )
+                if (await conn.execute(stmt)).first() is not None:
+                    written.append(queue)
+        return written
 
     async def held_counts(self) -> dict[str, dict[str, int]]:
         stmt = (

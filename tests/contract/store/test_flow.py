@@ -15,6 +15,7 @@ from krolik.store.base import TaskStore
 from krolik.store.records import RunRef
 from krolik.store.sql.store import SqlTaskStore
 from krolik.store.tables import queue_starts
+from krolik.waker import Waker
 from tests.contract.store.support import (
     HANDLERS,
     LEASE,
@@ -191,3 +192,47 @@ async def test_gates_are_data(any_store: TaskStore) -> None:
         await any_store.set_gates("emails", {"max_runing": 3})
     with pytest.raises(ValueError, match="not a rate limit"):
         await change_gates(any_store, "emails", {"rate_limit": "often"})
+
+
+async def test_the_settings_limits_hold_until_the_api_changes_them(any_store: TaskStore) -> None:
+    defaults = {"partner": {"max_running": 5, "rate_limit": "60/minute"}}
+    assert await any_store.declare_gates(defaults) == ["partner"]
+    gates = await any_store.get_gates("partner")
+    assert (gates.max_running, gates.rate_limit) == (5, "60/minute")
+    # A worker started with other settings writes them again...
+    assert await any_store.declare_gates({"partner": {"max_running": 8}}) == ["partner"]
+    gates = await any_store.get_gates("partner")
+    assert (gates.max_running, gates.rate_limit) == (8, None)
+    # ...until a change through the API takes the queue over.
+    await any_store.set_gates("partner", {"max_running": 2})
+    assert await any_store.declare_gates(defaults) == []
+    assert (await any_store.get_gates("partner")).max_running == 2
+
+
+async def test_the_waker_writes_the_settings_limits_and_wakes_what_they_allow(
+    any_store: TaskStore,
+) -> None:
+    await any_store.declare_gates({QUEUE: {"max_running": 0}})
+    ids = [(await add(any_store)).id for _ in range(2)]
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, ids) == []
+    waker = Waker(any_store, defaults={QUEUE: {"max_running": 1}})
+    await waker.tick()
+    assert (await any_store.get_gates(QUEUE)).max_running == 1
+    assert len(await due_outbox(any_store)) == 1  # one slot: one task woken
+
+
+async def test_a_worker_takes_the_best_held_task_into_its_freed_slot(any_store: TaskStore) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 1})
+    _, run = await take(any_store, await add(any_store))
+    low = (await add(any_store)).id
+    high = (await add(any_store, priority=3)).id
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, [low, high]) == []
+    assert await any_store.claim_held(QUEUE, 1, WORKER, LEASE, HANDLERS) == []  # still full
+    assert await any_store.complete(run, "ok")
+    [taken] = await any_store.claim_held(QUEUE, 1, WORKER, LEASE, HANDLERS)
+    assert taken.id == high
+    assert taken.gated
+    assert taken.status is TaskStatus.PROCESSING
+    assert await due_outbox(any_store) == []  # no message went out for it
