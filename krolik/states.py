@@ -119,7 +119,7 @@ ALLOWED: dict[Transition, tuple[frozenset[TaskStatus], frozenset[TaskStatus]]] =
 }
 
 TRANSITIONS: dict[Transition, tuple[str, ...]] = {
-    Transition.CLAIM: ("claim_many",),
+    Transition.CLAIM: ("claim_many", "claim_held"),
     Transition.COMPLETE: ("complete_many",),
     Transition.FAIL: ("fail",),
     Transition.RETRY_LATER: ("retry_later",),
@@ -131,7 +131,7 @@ TRANSITIONS: dict[Transition, tuple[str, ...]] = {
     Transition.RETRY: ("retry",),
     Transition.FAIL_UNRUNNABLE: ("fail_unrunnable",),
     Transition.EXPIRE: ("expire_overdue",),
-    Transition.DISPATCH_AGAIN: ("dispatch_later", "redispatch_stale"),
+    Transition.DISPATCH_AGAIN: ("dispatch_later", "redispatch_stale", "wake"),
 }
 """The store methods (``TaskStore``) whose guarded statements make each transition."""
 

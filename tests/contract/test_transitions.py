@@ -50,6 +50,8 @@ NOT_TRANSITIONS = {
     "create_schedule", "declare_schedules", "get_schedule", "list_schedules",
     "change_schedule", "delete_schedule", "schedule_ticks", "run_due_schedules",
     "next_tick_in",
+    # flow control: a queue's gates are their own rows; what they hold stays pending
+    "get_gates", "list_gates", "set_gates", "declare_gates", "held_queues", "held_counts",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip
@@ -141,6 +143,22 @@ async def _redispatch(store: TaskStore, task: Task, run: RunRef | None) -> Any:
     return await store.redispatch_stale(60, 100)
 
 
+async def _held(store: TaskStore, task: Task) -> None:
+    """Held by its queue's gates (a cap with room), whatever its state."""
+    await store.set_gates(task.queue, {"max_running": 5})
+    await age(store, task.id, held="max_running")
+
+
+async def _claim_held(store: TaskStore, task: Task, run: RunRef | None) -> Any:
+    await _held(store, task)
+    return await store.claim_held(task.queue, 1, "worker-b", 60, HANDLERS)
+
+
+async def _wake(store: TaskStore, task: Task, run: RunRef | None) -> Any:
+    await _held(store, task)
+    return await store.wake(task.queue)
+
+
 CALLS: dict[str, Call] = {
     "claim_many": lambda s, t, r: s.claim_many([t.id], "worker-b", 60, HANDLERS),
     "complete_many": lambda s, t, r: s.complete_many([(_run_of(t, r), "ok")]),
@@ -156,6 +174,8 @@ CALLS: dict[str, Call] = {
     "fail_unrunnable": lambda s, t, r: s.fail_unrunnable(t.id, "no handler"),
     "dispatch_later": lambda s, t, r: s.dispatch_later([t.id], 0),
     "redispatch_stale": _redispatch,
+    "claim_held": _claim_held,
+    "wake": _wake,
 }
 
 CASES = [
