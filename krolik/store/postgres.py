@@ -159,9 +159,18 @@ WHERE t.id = c.id AND t.name IS NOT DISTINCT FROM h.name
         AND (g.paused OR g.max_running IS NOT NULL OR g.max_running_per_key IS NOT NULL
              OR g.rate_limit IS NOT NULL)
   )
+  AND NOT EXISTS (
+      SELECT 1 FROM krolik_tasks p
+      WHERE p.queue = t.queue AND p.status = 'pending' AND p.priority > 0
+        AND p.priority > t.priority AND p.run_at <= now()
+        AND (p.expires_at IS NULL OR p.expires_at > now())
+  )
 RETURNING {columns}
 """.format(columns=returning("t"))
-"""Tasks of a gated queue (krolik_queues) are left to the gated claim (sql/flow.py)."""
+"""Tasks of a gated queue (krolik_queues) are left to the gated claim, and a task with a
+task of higher priority due in its queue to the claim of the best (sql/flow.py). The
+second test reads the index of pending tasks above priority 0: nothing, while no task
+has a priority."""
 
 COMPLETE_MANY_SQL = """
 WITH done AS (

@@ -123,7 +123,7 @@ class SqliteTaskStore(SqlTaskStore):
     ) -> list[Task | None]:
         if not task_ids or not handlers:
             return [None] * len(task_ids)
-        plain = ~exists().where(queues.c.name == tasks.c.queue, gated())
+        plain = and_(~exists().where(queues.c.name == tasks.c.queue, gated()), ~self._outranked())
         values = self._claim_values(worker_id, lease_seconds, handlers)
         answers: list[Task | None] = []
         async with self._tx() as conn:

@@ -152,6 +152,13 @@ tasks = Table(
         sqlite_where=text("status = 'pending' AND held IS NOT NULL"),
     ),
     Index(
+        "ix_krolik_tasks_pending_priority",
+        "queue",
+        "priority",
+        postgresql_where=text("status = 'pending' AND priority > 0"),
+        sqlite_where=text("status = 'pending' AND priority > 0"),
+    ),
+    Index(
         "ix_krolik_tasks_processing_queue_key",
         "queue",
         "concurrency_key",

@@ -88,6 +88,24 @@ async def test_the_highest_priority_waiting_task_starts_next(client: httpx.Async
     assert started(done[0]) < min(started(task) for task in done[1:])
 
 
+async def test_a_high_priority_task_starts_before_the_backlog_without_gates(
+    client: httpx.AsyncClient,
+) -> None:
+    Running.reset()
+    low = [
+        await submit(client, name=COUNTED, payload={"tag": "low", "seconds": 0.1})
+        for _ in range(40)
+    ]  # one message each, queued (and prefetched) ahead of the high one
+    high = await submit(client, name=COUNTED, payload={"tag": "high", "seconds": 0}, priority=5)
+    behind = Running.started.count("low")
+    for task in [high, *low]:
+        await wait_for(client, task["id"], "done")
+    # The worker has 4 slots: the high task starts in one of the next that free, not
+    # after the backlog of low tasks whose messages came first.
+    assert behind < 30, Running.started  # a backlog was there
+    assert Running.started.index("high") <= behind + 8, (behind, Running.started)
+
+
 async def test_a_small_key_is_not_stuck_behind_a_big_one(client: httpx.AsyncClient) -> None:
     Running.reset()
     queue = await the_queue(client)

@@ -5,8 +5,8 @@ Revises: 0011
 Create Date: 2026-12-03 15:00:00.000000
 
 * ``krolik_tasks.priority``, ``concurrency_key`` and ``held`` (why a pending task of a
-  gated queue waits), with an index of held tasks by queue and priority and one of
-  running tasks by queue and key.
+  gated queue waits), with an index of held tasks by queue and priority, one of the
+  pending tasks above priority 0 and one of running tasks by queue and key.
 * ``krolik_queues``: each queue's pause and limits, as data.
 * ``krolik_queue_starts``: the recent starts of a rate-limited queue, per slice of
   its window.
@@ -27,6 +27,7 @@ depends_on: str | Sequence[str] | None = None
 Timestamp = sa.DateTime(timezone=True)
 HELD = "status = 'pending' AND held IS NOT NULL"
 PROCESSING = "status = 'processing'"
+RANKED = "status = 'pending' AND priority > 0"
 
 
 def upgrade() -> None:
@@ -44,6 +45,13 @@ def upgrade() -> None:
         ["queue", "priority", "run_at", "id"],
         postgresql_where=sa.text(HELD),
         sqlite_where=sa.text(HELD),
+    )
+    op.create_index(
+        "ix_krolik_tasks_pending_priority",
+        "krolik_tasks",
+        ["queue", "priority"],
+        postgresql_where=sa.text(RANKED),
+        sqlite_where=sa.text(RANKED),
     )
     op.create_index(
         "ix_krolik_tasks_processing_queue_key",
@@ -89,6 +97,7 @@ def downgrade() -> None:
     op.drop_table("krolik_queue_starts")
     op.drop_table("krolik_queues")
     op.drop_index("ix_krolik_tasks_processing_queue_key", table_name="krolik_tasks")
+    op.drop_index("ix_krolik_tasks_pending_priority", table_name="krolik_tasks")
     op.drop_index("ix_krolik_tasks_held", table_name="krolik_tasks")
     with op.batch_alter_table("krolik_tasks") as batch:
         batch.drop_column("held")

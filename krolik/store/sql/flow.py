@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    exists,
     func,
     literal,
     or_,
@@ -83,6 +84,20 @@ class FlowStatements(SqlCore):
             "held": None,
         }
 
+    def _outranked(self) -> ColumnElement[bool]:
+        """A task of higher priority is due in the task's queue (the plain claim leaves
+        such a task to ``_claim_outranked``)."""
+        better = tasks.alias("better")
+        now = self.dialect.now()
+        return exists().where(
+            better.c.queue == tasks.c.queue,
+            better.c.status == PENDING,
+            better.c.priority > 0,
+            better.c.priority > tasks.c.priority,
+            better.c.run_at <= now,
+            or_(better.c.expires_at.is_(None), better.c.expires_at > now),
+        )
+
     def _claimable(self, names: Sequence[str]) -> ColumnElement[bool]:
         now = self.dialect.now()
         return and_(
@@ -107,8 +122,74 @@ class FlowStatements(SqlCore):
         refused = [task_id for task_id, task in zip(task_ids, answers, strict=True) if not task]
         if not refused:
             return answers
-        through_gates = iter(await self._claim_gated(refused, worker_id, lease_seconds, handlers))
-        return [task or next(through_gates, None) for task in answers]
+        gated_claims = await self._claim_gated(refused, worker_id, lease_seconds, handlers)
+        ranked = await self._claim_outranked(refused, worker_id, lease_seconds, handlers)
+        second = iter([*gated_claims, *ranked])
+        return [task or next(second, None) for task in answers]
+
+    async def _claim_outranked(
+        self,
+        task_ids: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task]:
+        """Named tasks of ungated queues that a plain claim refused because a task of
+        higher priority is due in their queue: as many of the queue's best due tasks are
+        claimed instead (SKIP LOCKED), and the named ones left over are dispatched again.
+        A high-priority task so starts in the next free slot, not after every message
+        RabbitMQ already holds for the queue."""
+        if not task_ids or not handlers:
+            return []
+        names = list(handlers)
+        hints = (
+            select(tasks.c.id, tasks.c.queue)
+            .where(
+                tasks.c.id.in_(list(task_ids)),
+                self._claimable(names),
+                ~exists().where(queues.c.name == tasks.c.queue, gated()),
+                self._outranked(),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        claimed: list[Task] = []
+        async with self._tx() as conn:
+            by_queue: dict[str, list[int]] = {}
+            for row in (await conn.execute(hints)).all():
+                by_queue.setdefault(row.queue, []).append(row.id)
+            for queue, named in sorted(by_queue.items()):
+                best = (
+                    select(tasks.c.id)
+                    .where(tasks.c.queue == queue, self._claimable(names))
+                    .order_by(tasks.c.priority.desc(), tasks.c.run_at, tasks.c.id)
+                    .limit(len(named))
+                    .with_for_update(skip_locked=True)
+                )
+                chosen = list((await conn.execute(best)).scalars().all())
+                stmt = (
+                    update(tasks)
+                    .where(tasks.c.id.in_(chosen), self._claimable(names))
+                    .values(**self._claim_values(worker_id, lease_seconds, handlers))
+                    .returning(*tasks.c)
+                )
+                got = [row_to_task(row) for row in (await conn.execute(stmt)).mappings().all()]
+                claimed += got
+                taken = {task.id for task in got}
+                displaced = (
+                    (
+                        await conn.execute(
+                            select(tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.run_at).where(
+                                tasks.c.id.in_([i for i in named if i not in taken]),
+                                tasks.c.status == PENDING,
+                            )
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
+                if displaced:
+                    await self._dispatch(conn, displaced)
+        return sorted(claimed, key=lambda task: task.id)
 
     async def _claim_gated(
         self,

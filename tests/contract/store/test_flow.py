@@ -236,3 +236,19 @@ async def test_a_worker_takes_the_best_held_task_into_its_freed_slot(any_store: 
     assert taken.gated
     assert taken.status is TaskStatus.PROCESSING
     assert await due_outbox(any_store) == []  # no message went out for it
+
+
+async def test_a_due_task_of_higher_priority_is_claimed_before_the_one_named(
+    any_store: TaskStore,
+) -> None:
+    low = [(await add(any_store)).id for _ in range(3)]
+    high = (await add(any_store, priority=5)).id
+    await drain_outbox(any_store)
+    # No gates on the queue: the message of a low task claims the high one, and the low
+    # one gets a message of its own again.
+    assert await claim_ids(any_store, [low[0]]) == [high]
+    assert await due_outbox(any_store) == [low[0]]
+    assert await claim_ids(any_store, [low[1]]) == [low[1]]  # none better is left
+    later = (await add(any_store, priority=9, delay_seconds=60)).id
+    assert await claim_ids(any_store, [low[2]]) == [low[2]]  # one not due does not count
+    assert (await current(any_store, later)).status is TaskStatus.PENDING
