@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 from common import (
     BENCH_DIR,
+    CpuMeter,
     Deployment,
     add_common_args,
     finish,
@@ -51,8 +52,12 @@ NOT_BINDING = {
 UNGATED = {"max_running": None, "max_running_per_key": None, "rate_limit": None}
 
 
-async def set_limits(url: str, queue: str, limits: dict[str, Any]) -> None:
+async def set_limits(url: str, limits: dict[str, Any]) -> None:
+    """On the queue tasks go to by default (the one ``GET /queues`` always lists)."""
     async with httpx.AsyncClient(timeout=30) as client:
+        listed = await client.get(f"{url}/queues")
+        listed.raise_for_status()
+        queue = listed.json()[0]["queue"]
         response = await client.patch(f"{url}/queues/{queue}", json=limits)
         response.raise_for_status()
 
@@ -85,7 +90,7 @@ async def cap_scenario(
         BENCH_FLOW_COUNTER=str(counter),
         PYTHONPATH=f"{BENCH_DIR}:{deployment.env()['PYTHONPATH']}",
     )
-    await set_limits(url, deployment.queue_name, {"max_running": args.cap})
+    await set_limits(url, {"max_running": args.cap})
     for n in range(args.workers):
         deployment.spawn(
             f"worker{n}", "worker", "--app", "flow_handlers",
@@ -136,7 +141,7 @@ async def drain_scenario(
     rates: dict[str, list[float]] = {"ungated": [], "gated": []}
     for _ in range(args.rounds):
         for kind, limits in (("ungated", UNGATED), ("gated", NOT_BINDING)):
-            await set_limits(url, deployment.queue_name, limits)
+            await set_limits(url, limits)
             newest = int(await deployment.scalar("SELECT max(id) AS n FROM krolik_tasks"))
             rate, _ = await drain_rate(deployment, url, args.drain, newest)
             rates[kind].append(rate)
@@ -154,7 +159,7 @@ async def rate_scenario(
     from krolik.flow import Rate
 
     rate = Rate.parse(args.rate)
-    await set_limits(url, deployment.queue_name, {"rate_limit": args.rate})
+    await set_limits(url, {"rate_limit": args.rate})
     deployment.spawn("worker", "worker", "--concurrency", "8")
     backlog = int(rate.amount * args.minutes * 60 / rate.window_seconds) + rate.amount
     await submit(url, [{"name": "echo", "payload": {"i": i}} for i in range(backlog)])
@@ -182,9 +187,12 @@ async def bench(args: argparse.Namespace) -> int:
     deployment = Deployment(BENCH, args)
     say(BENCH, f"run {deployment.run}: {deployment.describe()}")
     figures: dict[str, Any] = {"mode": deployment.mode, "code": deployment.code}
+    meter = CpuMeter(deployment.roles)
     try:
         await deployment.set_up()
+        figures["machine"] = await deployment.probe()
         _, url = await deployment.start_api()
+        meter.start()
         if args.scenario == "rate":
             figures["rate"] = await rate_scenario(deployment, url, args)
         else:
@@ -193,6 +201,7 @@ async def bench(args: argparse.Namespace) -> int:
                 await deployment.stop_all()
                 _, url = await deployment.start_api()
             figures["drain"] = await drain_scenario(deployment, url, args)
+        figures["cpu_cores"] = meter.stop()
         await deployment.stop_all()
     except BaseException:
         deployment.failed = True

@@ -79,6 +79,28 @@ RUNS: dict[str, tuple[str, list[str], set[str]]] = {
         ],
         {"cleaning_seconds", "batch_ms", "submit_ratio_during", "drain_ratio_during", "table"},
     ),
+    "flow": (
+        "flow.py",
+        [
+            "--tasks",
+            "60",
+            "--workers",
+            "2",
+            "--slots",
+            "4",
+            "--cap",
+            "2",
+            "--seconds",
+            "0.01",
+            "--drain",
+            "100",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "8",
+        ],
+        {"cap", "drain"},
+    ),
 }
 COMMON_KEYS = {"bench", "mode", "ok", "cpu_cores", "machine"}
 # Every script on PostgreSQL + RabbitMQ; the two the README also runs embedded, embedded.

@@ -26,6 +26,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -116,16 +117,37 @@ class FlowStatements(SqlCore):
         lease_seconds: float,
         handlers: Mapping[str, int],
     ) -> list[Task | None]:
-        """The plain claim's answers, with the ids it refused tried through their queue's
-        gates: what that claims (the best waiting tasks, maybe not the named ones)
-        fills the places of the refused ids."""
+        """The plain claim's answers, with the ids it refused tried again: through their
+        queue's gates (per queue, as many of the best waiting tasks as the gates allow),
+        or, in an ungated queue, against the tasks of higher priority due there. What
+        that claims (maybe not the named tasks) fills the places of the refused ids."""
         refused = [task_id for task_id, task in zip(task_ids, answers, strict=True) if not task]
-        if not refused:
+        if not refused or not handlers:
             return answers
-        gated_claims = await self._claim_gated(refused, worker_id, lease_seconds, handlers)
-        ranked = await self._claim_outranked(refused, worker_id, lease_seconds, handlers)
-        second = iter([*gated_claims, *ranked])
-        return [task or next(second, None) for task in answers]
+        # Which of them could start at all, and whether their queue is gated: one read.
+        stmt = (
+            select(tasks.c.id, tasks.c.queue, queues.c.name.is_not(None).label("gated"))
+            .outerjoin(queues, and_(queues.c.name == tasks.c.queue, gated()))
+            .where(tasks.c.id.in_(refused), self._claimable(list(handlers)))
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        by_queue: dict[str, list[int]] = {}
+        for row in rows:
+            if row.gated:
+                by_queue.setdefault(row.queue, []).append(row.id)
+        outranked = [row.id for row in rows if not row.gated]
+        second: list[Task] = []
+        for queue, ids in sorted(by_queue.items()):
+            async with self._tx() as conn:
+                claimed = await self._claim_in_queue(
+                    conn, queue, ids, worker_id, lease_seconds, handlers
+                )
+            second += [replace(task, gated=True) for task in claimed]
+        if outranked:
+            second += await self._claim_outranked(outranked, worker_id, lease_seconds, handlers)
+        answered = iter(second)
+        return [task or next(answered, None) for task in answers]
 
     async def _claim_outranked(
         self,
@@ -191,35 +213,6 @@ class FlowStatements(SqlCore):
                     await self._dispatch(conn, displaced)
         return sorted(claimed, key=lambda task: task.id)
 
-    async def _claim_gated(
-        self,
-        task_ids: Sequence[int],
-        worker_id: str,
-        lease_seconds: float,
-        handlers: Mapping[str, int],
-    ) -> list[Task]:
-        """The claims of the named tasks that a plain claim refused because their queue
-        is gated: per queue, as many of the best waiting tasks as the gates allow."""
-        if not task_ids or not handlers:
-            return []
-        stmt = (
-            select(tasks.c.id, tasks.c.queue)
-            .join(queues, queues.c.name == tasks.c.queue)
-            .where(tasks.c.id.in_(list(task_ids)), self._claimable(list(handlers)), gated())
-        )
-        async with self._tx() as conn:
-            hints = (await conn.execute(stmt)).all()
-        by_queue: dict[str, list[int]] = {}
-        for row in hints:
-            by_queue.setdefault(row.queue, []).append(row.id)
-        claimed: list[Task] = []
-        for queue, ids in sorted(by_queue.items()):
-            async with self._tx() as conn:
-                claimed += await self._claim_in_queue(
-                    conn, queue, ids, worker_id, lease_seconds, handlers
-                )
-        return [replace(task, gated=True) for task in claimed]
-
     async def _lock_gates(self, conn: AsyncConnection, queue: str) -> QueueGates:
         row = (
             (await conn.execute(select(queues).where(queues.c.name == queue).with_for_update()))
@@ -278,15 +271,25 @@ class FlowStatements(SqlCore):
         each key within its room. Also the keys at their limit once these start."""
         if room <= 0:
             return [], set()
+        # The pool: the named tasks (by id) and the held ones (by their index), read
+        # apart: one condition with OR would read every pending task of the queue.
         candidates = self._claimable(names)
-        waiting = or_(tasks.c.held.is_not(None), tasks.c.id.in_(list(named)))
+        columns = (tasks.c.id, tasks.c.concurrency_key, tasks.c.priority, tasks.c.run_at)
         order = (tasks.c.priority.desc(), tasks.c.run_at, tasks.c.id)
         per_key = gates.max_running_per_key
+        held = select(*columns).where(
+            tasks.c.queue == gates.name, tasks.c.held.is_not(None), candidates
+        )
+        if per_key is None:
+            held = held.order_by(*order).limit(room)
+        pool = union(
+            select(*columns).where(tasks.c.id.in_(list(named)), candidates),
+            held.subquery().select(),
+        ).subquery()
         if per_key is None:
             stmt = (
-                select(tasks.c.id)
-                .where(tasks.c.queue == gates.name, candidates, waiting)
-                .order_by(*order)
+                select(pool.c.id)
+                .order_by(pool.c.priority.desc(), pool.c.run_at, pool.c.id)
                 .limit(room)
             )
             return list((await conn.execute(stmt)).scalars().all()), set()
@@ -307,14 +310,13 @@ class FlowStatements(SqlCore):
         # whatever its backlog, so a small tenant is not left behind a big one.
         rank = (
             func.row_number()
-            .over(partition_by=tasks.c.concurrency_key, order_by=order)
+            .over(
+                partition_by=pool.c.concurrency_key,
+                order_by=(pool.c.priority.desc(), pool.c.run_at, pool.c.id),
+            )
             .label("rank")
         )
-        ranked = (
-            select(tasks.c.id, tasks.c.concurrency_key, tasks.c.priority, tasks.c.run_at, rank)
-            .where(tasks.c.queue == gates.name, candidates, waiting)
-            .subquery()
-        )
+        ranked = select(*pool.c, rank).subquery()
         stmt = (
             select(ranked.c.id, ranked.c.concurrency_key)
             .where(or_(ranked.c.concurrency_key.is_(None), ranked.c.rank <= per_key))
@@ -424,6 +426,8 @@ class FlowStatements(SqlCore):
         if most <= 0 or not handlers:
             return []
         async with self._tx() as conn:
+            if not await self._holds_any(conn, queue):
+                return []
             claimed = await self._claim_in_queue(
                 conn, queue, [], worker_id, lease_seconds, handlers, wanted=most
             )
@@ -436,6 +440,8 @@ class FlowStatements(SqlCore):
         woken = 0
         while True:
             async with self._tx() as conn:
+                if not await self._holds_any(conn, queue):
+                    return woken
                 gates = await self._lock_gates(conn, queue)
                 if gates.gated:
                     room, _ = await self._room(conn, gates, WAKE_BATCH)
@@ -477,6 +483,17 @@ class FlowStatements(SqlCore):
             woken += len(rows)
             if gates.gated or len(ids) < WAKE_BATCH:
                 return woken
+
+    async def _holds_any(self, conn: AsyncConnection, queue: str) -> bool:
+        """Whether the queue holds a task at all (read without its lock, through the index
+        of held tasks): the common answer, no, costs no lock. A task held just after
+        this read waits for the waker's next look."""
+        stmt = (
+            select(tasks.c.id)
+            .where(tasks.c.queue == queue, tasks.c.status == PENDING, tasks.c.held.is_not(None))
+            .limit(1)
+        )
+        return (await conn.execute(stmt)).first() is not None
 
     async def _held_names(self, conn: AsyncConnection, queue: str) -> list[str]:
         """The names of the queue's held tasks: a wake-up dispatches them for whichever
