@@ -40,6 +40,8 @@ class Hold(StrEnum):
         }[self]
 
 
+MOST = 1_000_000
+"""The largest limit (a cap, a key's cap, a rate's amount) a queue may have."""
 SLICES_PER_WINDOW = 60
 """A slice that overlaps the window counts whole: the limit is never passed, and at most
 a sixtieth of the window's starts waits a slice longer than an exact count would make it."""
@@ -77,6 +79,8 @@ class Rate:
             ) from exc
         if item.amount < 1:
             raise ValueError(f"rate limit {text!r} allows no start at all: pause the queue")
+        if item.amount > MOST:
+            raise ValueError(f"rate limit {text!r}: a window allows at most {MOST:,} starts")
         return cls(item.amount, float(item.get_expiry()), text.strip())
 
 

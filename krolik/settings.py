@@ -242,8 +242,8 @@ class QueueLimitDefaults(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_running: int | None = Field(None, ge=0)
-    max_running_per_key: int | None = Field(None, ge=1)
+    max_running: int | None = Field(None, ge=0, le=1_000_000)
+    max_running_per_key: int | None = Field(None, ge=1, le=1_000_000)
     rate_limit: str | None = None
 
     @field_validator("rate_limit")

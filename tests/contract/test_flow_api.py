@@ -152,6 +152,9 @@ async def test_bad_limits_are_422_with_a_message(client: httpx.AsyncClient) -> N
         ({"max_running": -1}, "greater than or equal to 0"),
         ({"max_running_per_key": 0}, "greater than or equal to 1"),
         ({"max_runing": 3}, "Extra inputs"),
+        ({"max_running": 3215507448}, "less than or equal to 1000000"),
+        ({"max_running_per_key": 2**70}, "less than or equal to 1000000"),
+        ({"rate_limit": "163328086890616291328/minute"}, "at most 1,000,000 starts"),
         ({"paused": None}, "boolean"),
     ]:
         response = await client.patch(f"/queues/{queue}", json=body)

@@ -17,7 +17,7 @@ from krolik.api.deps import BrokerDep, ReadsDep, SettingsDep, StoreDep
 from krolik.api.errors import GUARDED_RESPONSES
 from krolik.api.schemas import QUEUE_PATTERN, Problem, ValidationProblem
 from krolik.errors import BrokerError
-from krolik.flow import GATE_FIELDS, QueueGates, Rate, change_gates
+from krolik.flow import GATE_FIELDS, MOST, QueueGates, Rate, change_gates
 from krolik.store.base import TaskStore
 
 router = APIRouter(tags=["queues"], responses=GUARDED_RESPONSES)
@@ -34,10 +34,16 @@ class QueueLimits(BaseModel):
 
     paused: bool = Field(False, description="No new starts; submissions still accepted.")
     max_running: int | None = Field(
-        None, ge=0, description="At most this many of the queue's tasks run at once, cluster-wide."
+        None,
+        ge=0,
+        le=MOST,
+        description="At most this many of the queue's tasks run at once, cluster-wide.",
     )
     max_running_per_key: int | None = Field(
-        None, ge=1, description="At most this many tasks of one `concurrency_key` run at once."
+        None,
+        ge=1,
+        le=MOST,
+        description="At most this many tasks of one `concurrency_key` run at once.",
     )
     rate_limit: str | None = Field(
         None,
