@@ -245,19 +245,20 @@ class SlowStore:
         return limit
 
 
-async def test_a_slow_batch_halves_the_next_and_a_quick_one_doubles_it() -> None:
-    slow = SlowStore(0.08)
-    settings = RetentionSettings(batch_size=400, busy_share=1, done_seconds=1)
-    cleaner = Cleaner(
-        slow,
-        settings.model_copy(
-            update={
-                "failed_seconds": None,  # type: ignore[arg-type]
-                "cancelled_seconds": None,
-                "expired_seconds": None,
-            }
+def done_only_cleaner(store: SlowStore, **settings: float) -> Cleaner:
+    """A cleaner of done tasks only (one rule, so one batch a tick), batches of 400."""
+    rules = RetentionSettings(batch_size=400, busy_share=1, done_seconds=1, **settings)
+    return Cleaner(
+        store,  # type: ignore[arg-type]
+        rules.model_copy(
+            update={"failed_seconds": None, "cancelled_seconds": None, "expired_seconds": None}
         ),
     )
+
+
+async def test_a_slow_batch_halves_the_next_and_a_quick_one_doubles_it() -> None:
+    slow = SlowStore(0.08)
+    cleaner = done_only_cleaner(slow)
     for _ in range(3):
         await cleaner.tick()
     assert slow.sizes == [400, 200, 100]
@@ -286,19 +287,7 @@ async def test_a_batch_past_its_time_limit_is_cancelled_and_deletes_nothing(
 
 async def test_the_cleaner_halves_its_batch_after_a_cancelled_one() -> None:
     slow = SlowStore(0.03)
-    settings = RetentionSettings(
-        batch_size=400, busy_share=1, done_seconds=1, batch_seconds_limit=0.02
-    )
-    cleaner = Cleaner(
-        slow,
-        settings.model_copy(
-            update={
-                "failed_seconds": None,  # type: ignore[arg-type]
-                "cancelled_seconds": None,
-                "expired_seconds": None,
-            }
-        ),
-    )
+    cleaner = done_only_cleaner(slow, batch_seconds_limit=0.02)
     assert await cleaner.tick()  # cancelled: nothing deleted, but more is left
     assert cleaner.pruned == 0
     slow.seconds = 0.0
