@@ -93,7 +93,7 @@ async def test_a_high_priority_task_starts_before_the_backlog_without_gates(
 ) -> None:
     Running.reset()
     low = [
-        await submit(client, name=COUNTED, payload={"tag": "low", "seconds": 0.1})
+        await submit(client, name=COUNTED, payload={"tag": "low", "seconds": 0.25})
         for _ in range(40)
     ]  # one message each, queued (and prefetched) ahead of the high one
     high = await submit(client, name=COUNTED, payload={"tag": "high", "seconds": 0}, priority=5)
