@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,6 +171,19 @@ RETURNING {columns}
 task of higher priority due in its queue to the claim of the best (sql/flow.py). The
 second test reads the index of pending tasks above priority 0: nothing, while no task
 has a priority."""
+
+# The claims of gated queues: the functions of migration 0013, one round trip each. The
+# first returns what it claimed (processing) and the named tasks of queues it found
+# ungated as they are (pending), for the claim of the best (sql/flow.py).
+CLAIM_GATED_SQL = """
+SELECT {columns} FROM krolik_claim_gated($1::bigint[], $2, $3, $4::text[], $5::int[]) AS t
+""".format(columns=returning("t"))
+CLAIM_HELD_SQL = """
+SELECT {columns} FROM krolik_claim_held($1, $2, $3, $4, $5::text[], $6::int[]) AS t
+""".format(columns=returning("t"))
+HOLDS_ANY_SQL = """
+SELECT 1 FROM krolik_tasks WHERE queue = $1 AND status = 'pending' AND held IS NOT NULL LIMIT 1
+"""
 
 COMPLETE_MANY_SQL = """
 WITH done AS (
@@ -466,6 +479,66 @@ class PostgresTaskStore(SqlTaskStore):
         # One winner per id: the first claim naming it.
         answers = [claimed.pop(task_id, None) for task_id in task_ids]
         return await self._with_gated_claims(task_ids, answers, worker_id, lease_seconds, handlers)
+
+    async def _with_gated_claims(
+        self,
+        task_ids: Sequence[int],
+        answers: list[Task | None],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task | None]:
+        refused = [task_id for task_id, task in zip(task_ids, answers, strict=True) if not task]
+        if not refused or not handlers:
+            return answers
+        found = map(
+            record_to_task,
+            await self._fetch(
+                CLAIM_GATED_SQL,
+                refused,
+                worker_id,
+                float(lease_seconds),
+                list(handlers),
+                list(handlers.values()),
+            ),
+        )
+        second: list[Task] = []
+        ungated: list[int] = []
+        for task in found:
+            if task.status is TaskStatus.PROCESSING:
+                second.append(replace(task, gated=True))
+            else:
+                ungated.append(task.id)
+        if ungated:
+            second += await self._claim_outranked(ungated, worker_id, lease_seconds, handlers)
+        answered = iter(second)
+        return [task or next(answered, None) for task in answers]
+
+    async def claim_held(
+        self,
+        queue: str,
+        most: int,
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task]:
+        if most <= 0 or not handlers:
+            return []
+        records = await self._fetch(
+            CLAIM_HELD_SQL,
+            queue,
+            most,
+            worker_id,
+            float(lease_seconds),
+            list(handlers),
+            list(handlers.values()),
+        )
+        return [replace(record_to_task(record), gated=True) for record in records]
+
+    async def wake(self, queue: str) -> int:
+        if not await self._fetch(HOLDS_ANY_SQL, queue):  # the common answer, in one round trip
+            return 0
+        return await super().wake(queue)
 
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
         if not completions:

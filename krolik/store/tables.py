@@ -178,6 +178,9 @@ queues = Table(
     Column("max_running_per_key", Integer, nullable=True),
     # In the ``limits`` notation ("60/minute"): at most that many starts in any window.
     Column("rate_limit", Text, nullable=True),
+    # The same limit as numbers (written with it), for the claim that counts in SQL.
+    Column("rate_amount", Integer, nullable=True),
+    Column("rate_window_seconds", Float, nullable=True),
     # True while the limits are those the settings gave (APP__FLOW__QUEUES): a worker's
     # start writes them again; a change through the API takes them over.
     Column("declared", Boolean, nullable=False, server_default=text("false")),

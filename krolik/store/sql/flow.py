@@ -6,7 +6,9 @@ committed before it, counts what runs and what started in the rate window, picks
 best tasks among those the message named and those held (priority, then age, within
 each key's room), claims them and holds the rest with their reason. The lock is what
 makes a cap exact across workers: two claims of the queue never count the same free
-slot. Ungated queues never take it.
+slot. Ungated queues never take it. On PostgreSQL the claims themselves are the same
+steps in PL/pgSQL functions (migration 0013), one round trip each; what is here serves
+SQLite, the wake-up and the claim of the best in ungated queues.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from krolik.flow import GATE_FIELDS, LIMIT_FIELDS, Hold, QueueGates
+from krolik.flow import GATE_FIELDS, LIMIT_FIELDS, Hold, QueueGates, Rate
 from krolik.store.records import Task
 from krolik.store.sql.core import PENDING, PROCESSING, SqlCore
 from krolik.store.sql.rows import aware, row_to_task
@@ -49,6 +51,17 @@ def gated(table: Any = queues) -> ColumnElement[bool]:
         table.c.max_running_per_key.is_not(None),
         table.c.rate_limit.is_not(None),
     )
+
+
+def with_rate_numbers(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with the rate limit's amount and window beside its text, when it is
+    among them (the claim on PostgreSQL counts the window in SQL)."""
+    answer = dict(values)
+    if "rate_limit" in values:
+        rate = None if values["rate_limit"] is None else Rate.parse(values["rate_limit"])
+        answer["rate_amount"] = None if rate is None else rate.amount
+        answer["rate_window_seconds"] = None if rate is None else rate.window_seconds
+    return answer
 
 
 def gates_of(row: Mapping[Any, Any] | None, name: str) -> QueueGates:
@@ -557,7 +570,7 @@ class FlowStatements(SqlCore):
         if unknown:
             raise ValueError(f"not a queue gate: {', '.join(sorted(unknown))}")
         clock = self.dialect.clock()
-        changed = {**changes, "declared": False, "updated_at": clock}
+        changed = {**with_rate_numbers(changes), "declared": False, "updated_at": clock}
         stmt = (
             self.dialect.insert(queues)
             .values(name=queue, **changed)
@@ -573,8 +586,7 @@ class FlowStatements(SqlCore):
         async with self._tx() as conn:
             for queue, limits in sorted(defaults.items()):
                 values = {
-                    **dict.fromkeys(LIMIT_FIELDS),
-                    **limits,
+                    **with_rate_numbers({**dict.fromkeys(LIMIT_FIELDS), **limits}),
                     "declared": True,
                     "updated_at": self.dialect.clock(),
                 }

@@ -4,6 +4,7 @@ frees."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -252,3 +253,24 @@ async def test_a_due_task_of_higher_priority_is_claimed_before_the_one_named(
     later = (await add(any_store, priority=9, delay_seconds=60)).id
     assert await claim_ids(any_store, [low[2]]) == [low[2]]  # one not due does not count
     assert (await current(any_store, later)).status is TaskStatus.PENDING
+
+
+async def test_claims_racing_for_the_last_slots_never_pass_the_cap(any_store: TaskStore) -> None:
+    """Many claims at once, each on a connection of its own: the one that waited for the
+    queue's lock counts the runs that the claim before it committed."""
+    cap = 3
+    await any_store.set_gates(QUEUE, {"max_running": cap})
+    ids = [(await add(any_store)).id for _ in range(24)]
+    await drain_outbox(any_store)
+    for _ in range(3):
+        groups = [ids[i : i + 2] for i in range(0, len(ids), 2)]
+        answers = await asyncio.gather(
+            *(any_store.claim_many(group, WORKER, LEASE, HANDLERS) for group in groups)
+        )
+        runs = [task for answer in answers for task in answer if task is not None]
+        assert len(runs) == cap
+        for task in runs:
+            assert await any_store.complete(RunRef.of(task), "ok")
+        ids = [i for i in ids if (await current(any_store, i)).status is TaskStatus.PENDING]
+        await any_store.wake(QUEUE)
+        await drain_outbox(any_store)

@@ -1,0 +1,233 @@
+"""the gated claim in one statement
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-03 18:30:00.000000
+
+* ``krolik_queues.rate_amount`` and ``rate_window_seconds``: the rate limit as numbers,
+  written with its text, so that the database can count a window itself.
+* On PostgreSQL, the claim of a gated queue as functions (``krolik_claim_gated``,
+  ``krolik_claim_held`` and the ``krolik_claim_in_queue`` they call), one round trip
+  each. A volatile PL/pgSQL function reads each of its statements with a fresh
+  snapshot: the one that counts what runs, after the one that locks the queue's row,
+  sees every claim committed before the lock was granted. One CTE statement could not:
+  all of it reads one snapshot, taken before the lock is waited for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0013"
+down_revision: str | None = "0012"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+CLAIMABLE = """t.status = 'pending' AND t.run_at <= now()
+              AND (t.expires_at IS NULL OR t.expires_at > now()) AND t.name = ANY(p_names)"""
+
+CLAIM_IN_QUEUE = f"""
+CREATE OR REPLACE FUNCTION krolik_claim_in_queue(
+    p_queue text, p_named bigint[], p_wanted integer, p_worker text, p_lease float8,
+    p_names text[], p_defaults integer[]
+) RETURNS SETOF krolik_tasks LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    g krolik_queues%ROWTYPE;
+    room integer;
+    had_room boolean;
+    bound text;
+    n bigint;
+    chosen bigint[];
+    claimed integer := 0;
+BEGIN
+    -- The queue's row lock: two claims of the queue never count the same free slot.
+    SELECT * INTO g FROM krolik_queues WHERE name = p_queue FOR UPDATE;
+    IF NOT FOUND OR NOT (g.paused OR g.max_running IS NOT NULL
+                         OR g.max_running_per_key IS NOT NULL OR g.rate_limit IS NOT NULL) THEN
+        -- Not gated (any more): the named tasks as they are, for the caller's plain claim.
+        RETURN QUERY SELECT * FROM krolik_tasks WHERE id = ANY(p_named) AND status = 'pending';
+        RETURN;
+    END IF;
+    room := coalesce(p_wanted, cardinality(p_named));
+    IF g.paused THEN
+        room := 0;
+        bound := 'paused';
+    END IF;
+    IF room > 0 AND g.max_running IS NOT NULL THEN
+        SELECT count(*) INTO n FROM krolik_tasks
+        WHERE queue = p_queue AND status = 'processing';
+        IF g.max_running - n < room THEN
+            room := greatest(0, g.max_running - n);
+            bound := 'max_running';
+        END IF;
+    END IF;
+    IF room > 0 AND g.rate_amount IS NOT NULL THEN
+        -- A slice that overlaps the window counts whole (a sixtieth of it, see flow.py).
+        DELETE FROM krolik_queue_starts
+        WHERE queue = p_queue
+          AND slice_at <= now() - make_interval(secs => g.rate_window_seconds * 61 / 60);
+        SELECT coalesce(sum(starts), 0) INTO n FROM krolik_queue_starts WHERE queue = p_queue;
+        IF g.rate_amount - n < room THEN
+            room := greatest(0, g.rate_amount - n);
+            bound := 'rate_limit';
+        END IF;
+    END IF;
+    had_room := room > 0;
+    IF had_room THEN
+        -- The best of the named and the held tasks (read apart: one condition with OR
+        -- would read every pending task of the queue), each key within its room.
+        WITH pool AS (
+            SELECT t.id, t.concurrency_key, t.priority, t.run_at FROM krolik_tasks t
+            WHERE t.id = ANY(p_named) AND {CLAIMABLE}
+            UNION
+            (SELECT t.id, t.concurrency_key, t.priority, t.run_at FROM krolik_tasks t
+             WHERE t.queue = p_queue AND t.held IS NOT NULL AND {CLAIMABLE}
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT CASE WHEN g.max_running_per_key IS NULL THEN room END)
+        ), ranked AS (
+            SELECT pool.*, row_number() OVER (
+                PARTITION BY pool.concurrency_key ORDER BY pool.priority DESC, pool.run_at, pool.id
+            ) AS rank
+            FROM pool
+        ), running AS (
+            SELECT r.concurrency_key, count(*) AS n FROM krolik_tasks r
+            WHERE g.max_running_per_key IS NOT NULL AND r.queue = p_queue
+              AND r.status = 'processing' AND r.concurrency_key IS NOT NULL
+            GROUP BY r.concurrency_key
+        )
+        SELECT array_agg(c.id) INTO chosen FROM (
+            SELECT ranked.id FROM ranked
+            LEFT JOIN running ON running.concurrency_key = ranked.concurrency_key
+            WHERE g.max_running_per_key IS NULL OR ranked.concurrency_key IS NULL
+               OR ranked.rank + coalesce(running.n, 0) <= g.max_running_per_key
+            ORDER BY ranked.priority DESC, ranked.run_at, ranked.id
+            LIMIT room
+        ) c;
+        RETURN QUERY
+        UPDATE krolik_tasks t
+        SET status = 'processing',
+            attempts = t.attempts + 1,
+            run_token = t.run_token + 1,
+            max_attempts = coalesce(t.max_attempts, h.default_max),
+            worker_id = p_worker,
+            lease_expires_at = clock_timestamp() + make_interval(secs => p_lease),
+            started_at = clock_timestamp(),
+            updated_at = clock_timestamp(),
+            progress = NULL,
+            held = NULL
+        FROM unnest(p_names, p_defaults) AS h(name, default_max)
+        WHERE t.id = ANY(chosen) AND t.name = h.name AND t.status = 'pending'
+        RETURNING t.*;
+        GET DIAGNOSTICS claimed = ROW_COUNT;
+        IF claimed > 0 AND g.rate_amount IS NOT NULL THEN
+            INSERT INTO krolik_queue_starts AS s (queue, slice_at, starts)
+            VALUES (
+                p_queue,
+                to_timestamp(floor(extract(epoch FROM now()) / (g.rate_window_seconds / 60))
+                             * (g.rate_window_seconds / 60)),
+                claimed
+            )
+            ON CONFLICT (queue, slice_at) DO UPDATE SET starts = s.starts + excluded.starts;
+        END IF;
+    END IF;
+    IF cardinality(p_named) > 0 THEN
+        -- The named tasks not started are held with their reason (a key at its limit, else
+        -- the gate that bound the room); one that only lost its place to better tasks, with
+        -- no gate shut, is dispatched again at once instead (unless held already).
+        UPDATE krolik_tasks t
+        SET held = coalesce(CASE
+            WHEN had_room AND g.max_running_per_key IS NOT NULL AND t.concurrency_key IS NOT NULL
+                 AND (SELECT count(*) FROM krolik_tasks r
+                      WHERE r.queue = p_queue AND r.status = 'processing'
+                        AND r.concurrency_key = t.concurrency_key) >= g.max_running_per_key
+                THEN 'key_limit'
+            ELSE bound END, t.held)
+        WHERE t.id = ANY(p_named) AND t.status = 'pending';
+        INSERT INTO krolik_outbox (task_id, queue, name, available_at)
+        SELECT t.id, t.queue, t.name, t.run_at FROM krolik_tasks t
+        WHERE t.id = ANY(p_named) AND t.status = 'pending' AND t.held IS NULL;
+    END IF;
+END
+$$
+"""
+
+CLAIM_GATED = f"""
+CREATE OR REPLACE FUNCTION krolik_claim_gated(
+    p_ids bigint[], p_worker text, p_lease float8, p_names text[], p_defaults integer[]
+) RETURNS SETOF krolik_tasks LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q text;
+    named bigint[];
+BEGIN
+    -- Queue by queue, in their order (locks taken in one order never deadlock).
+    FOR q, named IN
+        SELECT t.queue, array_agg(t.id ORDER BY t.id) FROM krolik_tasks t
+        WHERE t.id = ANY(p_ids) AND {CLAIMABLE}
+        GROUP BY t.queue ORDER BY t.queue
+    LOOP
+        RETURN QUERY SELECT * FROM krolik_claim_in_queue(
+            q, named, NULL, p_worker, p_lease, p_names, p_defaults);
+    END LOOP;
+END
+$$
+"""
+
+CLAIM_HELD = """
+CREATE OR REPLACE FUNCTION krolik_claim_held(
+    p_queue text, p_most integer, p_worker text, p_lease float8, p_names text[],
+    p_defaults integer[]
+) RETURNS SETOF krolik_tasks LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    -- Read without the lock, through the index of held tasks: the common answer, none,
+    -- costs no lock.
+    IF NOT EXISTS (SELECT 1 FROM krolik_tasks
+                   WHERE queue = p_queue AND status = 'pending' AND held IS NOT NULL) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM krolik_claim_in_queue(
+        p_queue, '{}', p_most, p_worker, p_lease, p_names, p_defaults);
+END
+$$
+"""
+
+FUNCTIONS = (
+    "krolik_claim_gated(bigint[], text, float8, text[], integer[])",
+    "krolik_claim_held(text, integer, text, float8, text[], integer[])",
+    "krolik_claim_in_queue(text, bigint[], integer, text, float8, text[], integer[])",
+)
+
+
+def upgrade() -> None:
+    op.add_column("krolik_queues", sa.Column("rate_amount", sa.Integer(), nullable=True))
+    op.add_column("krolik_queues", sa.Column("rate_window_seconds", sa.Float(), nullable=True))
+    connection = op.get_bind()
+    rows = connection.execute(
+        sa.text("SELECT name, rate_limit FROM krolik_queues WHERE rate_limit IS NOT NULL")
+    ).all()
+    if rows:
+        import limits  # the notation the rate limits were written in
+
+        for name, text in rows:
+            item = limits.parse(text)
+            connection.execute(
+                sa.text(
+                    "UPDATE krolik_queues SET rate_amount = :amount, "
+                    "rate_window_seconds = :window WHERE name = :name"
+                ),
+                {"amount": item.amount, "window": float(item.get_expiry()), "name": name},
+            )
+    if connection.dialect.name == "postgresql":
+        for function in (CLAIM_IN_QUEUE, CLAIM_GATED, CLAIM_HELD):
+            op.execute(function)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for function in FUNCTIONS:
+            op.execute(f"DROP FUNCTION IF EXISTS {function}")
+    with op.batch_alter_table("krolik_queues") as batch:
+        batch.drop_column("rate_window_seconds")
+        batch.drop_column("rate_amount")
