@@ -4,6 +4,8 @@ bind, and a rate limit over minutes.
 
     .venv/bin/python bench/flow.py                       # cap and drain scenarios
     .venv/bin/python bench/flow.py --scenario rate       # 60/minute for 10 minutes
+    .venv/bin/python bench/flow.py --scenario fairness   # 10 of B among 10,000 of A
+    .venv/bin/python bench/flow.py --scenario priority   # urgent tasks over a backlog
     .venv/bin/python bench/flow.py --embedded            # krolik dev on SQLite (drain only)
 
 What it does (see bench/common.py for the deployment):
@@ -16,6 +18,11 @@ What it does (see bench/common.py for the deployment):
   * drain: ``--drain`` echo tasks through one worker, the queue without gates and then
     with every limit set but none binding (max_running and max_running_per_key 100,000,
     rate_limit 1,000,000/minute), ``--rounds`` times each, interleaved: the ratio;
+  * fairness: ``max_running_per_key`` ``--per-key``; tenant A submits ``--tasks``
+    tasks, then tenant B ``--small``: how many of A's start before B's last;
+  * priority: no gates, ``--tasks`` tasks queued, then ``--urgent`` tasks of priority 5
+    one every half second: how many of the backlog start between each one's submit and
+    its start (the slots free one at a time: at best about one per slot);
   * rate: ``--rate`` ("60/minute") on the queue for ``--minutes``, a backlog larger than it
     can start; afterwards the starts the database recorded are checked in every sliding
     window of the limit's length (the most found in one window, against the limit).
@@ -82,20 +89,33 @@ def read_counter(path: Path) -> tuple[int, int]:
     return now, most
 
 
-async def cap_scenario(
-    deployment: Deployment, url: str, args: argparse.Namespace
-) -> dict[str, Any]:
-    counter = deployment.dir / "flow-counter"
+def spawn_counted_workers(deployment: Deployment, args: argparse.Namespace) -> None:
+    """``--workers`` processes x ``--slots`` slots serving ``bench.counted``."""
     env = deployment.env(
-        BENCH_FLOW_COUNTER=str(counter),
+        BENCH_FLOW_COUNTER=str(deployment.dir / "flow-counter"),
         PYTHONPATH=f"{BENCH_DIR}:{deployment.env()['PYTHONPATH']}",
     )
-    await set_limits(url, {"max_running": args.cap})
     for n in range(args.workers):
         deployment.spawn(
             f"worker{n}", "worker", "--app", "flow_handlers",
             "--concurrency", str(args.slots), env=env,
         )  # fmt: skip
+
+
+async def start_order(deployment: Deployment) -> list[dict[str, Any]]:
+    """Every task that started, in the order its claim committed."""
+    return await deployment.fetch(
+        "SELECT id, concurrency_key AS key, priority, created_at, started_at"
+        " FROM krolik_tasks WHERE started_at IS NOT NULL ORDER BY started_at, id"
+    )
+
+
+async def cap_scenario(
+    deployment: Deployment, url: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    counter = deployment.dir / "flow-counter"
+    await set_limits(url, {"max_running": args.cap})
+    spawn_counted_workers(deployment, args)
     await asyncio.sleep(3)  # the workers start
     body = {"name": "bench.counted", "payload": {"cap": args.cap, "seconds": args.seconds}}
     started = time.monotonic()
@@ -183,6 +203,75 @@ async def rate_scenario(
     }
 
 
+async def fairness_scenario(
+    deployment: Deployment, url: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Tenant A submits ``--tasks`` tasks, then tenant B ``--small``; the queue has a
+    ``max_running_per_key`` of ``--per-key``: how many of A's start before B's last."""
+    await set_limits(url, {"max_running_per_key": args.per_key})
+    spawn_counted_workers(deployment, args)
+    await asyncio.sleep(3)  # the workers start
+    payload = {"cap": 1_000_000, "seconds": args.seconds}
+    big = {"name": "bench.counted", "payload": payload, "concurrency_key": "A"}
+    small = {"name": "bench.counted", "payload": payload, "concurrency_key": "B"}
+    await submit(url, [big] * args.tasks)
+    await submit(url, [small] * args.small)
+    await deployment.wait_all_final(args.tasks + args.small, timeout=args.tasks)
+    order = [row["key"] for row in await start_order(deployment)]
+    last_b = max(i for i, key in enumerate(order) if key == "B")
+    return {
+        "big": args.tasks,
+        "small": args.small,
+        "per_key": args.per_key,
+        "processes_x_slots": f"{args.workers}x{args.slots}",
+        "a_started_before_last_b": order[:last_b].count("A"),
+        "b_positions": [i for i, key in enumerate(order) if key == "B"],
+        "statuses": await deployment.status_counts(),
+    }
+
+
+async def priority_scenario(
+    deployment: Deployment, url: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """No gates: a backlog of ``--tasks`` tasks of priority 0 whose messages are queued
+    (and prefetched) first, then ``--urgent`` tasks of priority 5, one every half second:
+    how many of the backlog start between each urgent task's submit and its start."""
+    spawn_counted_workers(deployment, args)
+    await asyncio.sleep(3)
+    payload = {"cap": 1_000_000, "seconds": args.seconds}
+    await submit(url, [{"name": "bench.counted", "payload": payload}] * args.tasks)
+    await asyncio.sleep(1)
+    urgent: list[int] = []
+    for _ in range(args.urgent):
+        urgent += await submit(url, [{"name": "bench.counted", "payload": payload, "priority": 5}])
+        await asyncio.sleep(0.5)
+    await deployment.wait_all_final(args.tasks + args.urgent, timeout=args.tasks)
+    rows = await start_order(deployment)
+    passed_by: list[int] = []
+    waited_ms: list[float] = []
+    for row in rows:
+        if row["id"] in urgent:
+            created, started = to_epoch(row["created_at"]) or 0, to_epoch(row["started_at"]) or 0
+            passed_by.append(
+                sum(
+                    1
+                    for other in rows
+                    if other["priority"] == 0
+                    and created < (to_epoch(other["started_at"]) or 0) < started
+                )
+            )
+            waited_ms.append(round((started - created) * 1000, 1))
+    return {
+        "backlog": args.tasks,
+        "urgent": args.urgent,
+        "processes_x_slots": f"{args.workers}x{args.slots}",
+        "backlog_started_in_between": passed_by,
+        "most_in_between": max(passed_by),
+        "waited_ms": waited_ms,
+        "statuses": await deployment.status_counts(),
+    }
+
+
 async def bench(args: argparse.Namespace) -> int:
     deployment = Deployment(BENCH, args)
     say(BENCH, f"run {deployment.run}: {deployment.describe()}")
@@ -195,6 +284,10 @@ async def bench(args: argparse.Namespace) -> int:
         meter.start()
         if args.scenario == "rate":
             figures["rate"] = await rate_scenario(deployment, url, args)
+        elif args.scenario == "fairness":
+            figures["fairness"] = await fairness_scenario(deployment, url, args)
+        elif args.scenario == "priority":
+            figures["priority"] = await priority_scenario(deployment, url, args)
         else:
             if not args.embedded:
                 figures["cap"] = await cap_scenario(deployment, url, args)
@@ -238,6 +331,24 @@ async def bench(args: argparse.Namespace) -> int:
              f" (expected about {rate['expected_starts']})"),
             ("most in one window", f"{rate['most_in_one_window']} (limit {rate['limit']})"),
         ]  # fmt: skip
+    if "fairness" in figures:
+        fair = figures["fairness"]
+        ok = ok and fair["statuses"] == {"done": fair["big"] + fair["small"]}
+        rows += [
+            ("fairness", f"A {fair['big']:,} then B {fair['small']}, {fair['per_key']} per key,"
+             f" {fair['processes_x_slots']} slots"),
+            ("A started before B's last", str(fair["a_started_before_last_b"])),
+            ("B's places in the start order", str(fair["b_positions"])),
+        ]  # fmt: skip
+    if "priority" in figures:
+        prio = figures["priority"]
+        ok = ok and prio["statuses"] == {"done": prio["backlog"] + prio["urgent"]}
+        rows += [
+            ("priority", f"{prio['urgent']} urgent over {prio['backlog']:,} queued,"
+             f" {prio['processes_x_slots']} slots"),
+            ("backlog started in between", str(prio["backlog_started_in_between"])),
+            ("urgent waited (ms)", str(prio["waited_ms"])),
+        ]  # fmt: skip
     figures["ok"] = ok
     rows.append(("verdict", "OK" if ok else "FAILED"))
     print_table(rows)
@@ -249,13 +360,21 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_args(parser)
-    parser.add_argument("--scenario", choices=["cap", "rate"], default="cap",
-                        help="cap: the cap and drain scenarios; rate: the rate limit")  # fmt: skip
+    parser.add_argument(
+        "--scenario",
+        choices=["cap", "rate", "fairness", "priority"],
+        default="cap",
+        help="cap: the cap and drain scenarios; rate: the rate limit;"
+        " fairness: a key limit; priority: urgent tasks over a backlog",
+    )
     parser.add_argument("--workers", type=int, default=4, help="worker processes (cap)")
     parser.add_argument("--slots", type=int, default=8, help="slots per worker (cap)")
     parser.add_argument("--cap", type=int, default=5, help="max_running (cap)")
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks (cap)")
     parser.add_argument("--seconds", type=float, default=0.02, help="each task's sleep (cap)")
+    parser.add_argument("--small", type=int, default=10, help="tenant B's tasks (fairness)")
+    parser.add_argument("--per-key", type=int, default=5, help="max_running_per_key (fairness)")
+    parser.add_argument("--urgent", type=int, default=10, help="urgent tasks (priority)")
     parser.add_argument("--drain", type=int, default=5000, help="echo tasks per drain measure")
     parser.add_argument("--rounds", type=int, default=3, help="drain measures of each kind")
     parser.add_argument("--concurrency", type=int, default=64, help="worker slots (drain)")
