@@ -142,14 +142,25 @@ tasks = Table(
         postgresql_where=text("status = 'processing'"),
         sqlite_where=text("status = 'processing'"),
     ),
+    # In the order the claims of gated queues take them: priority first, highest first.
     Index(
         "ix_krolik_tasks_held",
         "queue",
-        "priority",
+        text("priority DESC"),
         "run_at",
         "id",
         postgresql_where=text("status = 'pending' AND held IS NOT NULL"),
         sqlite_where=text("status = 'pending' AND held IS NOT NULL"),
+    ),
+    Index(
+        "ix_krolik_tasks_pending_key",
+        "queue",
+        "concurrency_key",
+        text("priority DESC"),
+        "run_at",
+        "id",
+        postgresql_where=text("status = 'pending' AND concurrency_key IS NOT NULL"),
+        sqlite_where=text("status = 'pending' AND concurrency_key IS NOT NULL"),
     ),
     Index(
         "ix_krolik_tasks_pending_priority",
@@ -181,6 +192,8 @@ queues = Table(
     # The same limit as numbers (written with it), for the claim that counts in SQL.
     Column("rate_amount", Integer, nullable=True),
     Column("rate_window_seconds", Float, nullable=True),
+    # A queue with a limit per key walks its keys round: the last key that got a start.
+    Column("key_cursor", Text, nullable=True),
     # True while the limits are those the settings gave (APP__FLOW__QUEUES): a worker's
     # start writes them again; a change through the API takes them over.
     Column("declared", Boolean, nullable=False, server_default=text("false")),

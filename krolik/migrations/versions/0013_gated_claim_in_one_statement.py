@@ -6,6 +6,9 @@ Create Date: 2026-12-03 18:30:00.000000
 
 * ``krolik_queues.rate_amount`` and ``rate_window_seconds``: the rate limit as numbers,
   written with its text, so that the database can count a window itself.
+* ``ix_krolik_tasks_held`` again, with the priority descending (the claim's order).
+* ``krolik_queues.key_cursor`` and an index of pending tasks by queue and key: a queue
+  with a limit per key walks its keys round, from the one served last.
 * On PostgreSQL, the claim of a gated queue as functions (``krolik_claim_gated``,
   ``krolik_claim_held`` and the ``krolik_claim_in_queue`` they call), one round trip
   each. A volatile PL/pgSQL function reads each of its statements with a fresh
@@ -26,6 +29,8 @@ down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+HELD = "status = 'pending' AND held IS NOT NULL"
+PENDING_WITH_KEY = "status = 'pending' AND concurrency_key IS NOT NULL"
 CLAIMABLE = """t.status = 'pending' AND t.run_at <= now()
               AND (t.expires_at IS NULL OR t.expires_at > now()) AND t.name = ANY(p_names)"""
 
@@ -42,6 +47,11 @@ DECLARE
     n bigint;
     chosen bigint[];
     claimed integer := 0;
+    want bigint;
+    walked text[] := '{{}}';
+    after text;
+    step text;
+    wrapped boolean := false;
 BEGIN
     -- The queue's row lock: two claims of the queue never count the same free slot.
     SELECT * INTO g FROM krolik_queues WHERE name = p_queue FOR UPDATE;
@@ -76,9 +86,36 @@ BEGIN
         END IF;
     END IF;
     had_room := room > 0;
+    IF had_room AND g.max_running_per_key IS NOT NULL THEN
+        -- The keys with pending tasks, walked round from the one served last: a key
+        -- whose messages are queued behind another's backlog is reached all the same.
+        SELECT room + count(*) INTO want FROM (
+            SELECT 1 FROM krolik_tasks r
+            WHERE r.queue = p_queue AND r.status = 'processing' AND r.concurrency_key IS NOT NULL
+            GROUP BY r.concurrency_key HAVING count(*) >= g.max_running_per_key
+        ) f;
+        after := g.key_cursor;
+        LOOP
+            EXIT WHEN cardinality(walked) >= want;
+            SELECT t.concurrency_key INTO step FROM krolik_tasks t
+            WHERE t.queue = p_queue AND t.status = 'pending' AND t.concurrency_key IS NOT NULL
+              AND (after IS NULL OR t.concurrency_key > after)
+            ORDER BY t.concurrency_key LIMIT 1;
+            IF NOT FOUND THEN
+                EXIT WHEN wrapped OR g.key_cursor IS NULL;
+                wrapped := true;
+                after := NULL;
+                CONTINUE;
+            END IF;
+            EXIT WHEN wrapped AND step > g.key_cursor;
+            walked := walked || step;
+            after := step;
+        END LOOP;
+    END IF;
     IF had_room THEN
-        -- The best of the named and the held tasks (read apart: one condition with OR
-        -- would read every pending task of the queue), each key within its room.
+        -- The best of the named tasks, the held ones and those of the keys walked (read
+        -- apart: one condition with OR would read every pending task of the queue),
+        -- each key within its room.
         WITH pool AS (
             SELECT t.id, t.concurrency_key, t.priority, t.run_at FROM krolik_tasks t
             WHERE t.id = ANY(p_named) AND {CLAIMABLE}
@@ -86,7 +123,15 @@ BEGIN
             (SELECT t.id, t.concurrency_key, t.priority, t.run_at FROM krolik_tasks t
              WHERE t.queue = p_queue AND t.held IS NOT NULL AND {CLAIMABLE}
              ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT CASE WHEN g.max_running_per_key IS NULL THEN room END)
+             LIMIT room)
+            UNION
+            SELECT c.id, c.concurrency_key, c.priority, c.run_at
+            FROM unnest(walked) AS w(k), LATERAL (
+                SELECT t.id, t.concurrency_key, t.priority, t.run_at FROM krolik_tasks t
+                WHERE t.queue = p_queue AND t.concurrency_key = w.k AND {CLAIMABLE}
+                ORDER BY t.priority DESC, t.run_at, t.id
+                LIMIT least(room, g.max_running_per_key)
+            ) c
         ), ranked AS (
             SELECT pool.*, row_number() OVER (
                 PARTITION BY pool.concurrency_key ORDER BY pool.priority DESC, pool.run_at, pool.id
@@ -122,6 +167,16 @@ BEGIN
         WHERE t.id = ANY(chosen) AND t.name = h.name AND t.status = 'pending'
         RETURNING t.*;
         GET DIAGNOSTICS claimed = ROW_COUNT;
+        IF cardinality(walked) > 0 THEN
+            -- The next walk starts after the last key walked that got a start.
+            SELECT w.k INTO step FROM unnest(walked) WITH ORDINALITY AS w(k, i)
+            WHERE EXISTS (SELECT 1 FROM krolik_tasks t
+                          WHERE t.id = ANY(chosen) AND t.concurrency_key = w.k)
+            ORDER BY w.i DESC LIMIT 1;
+            IF FOUND THEN
+                UPDATE krolik_queues SET key_cursor = step WHERE name = p_queue;
+            END IF;
+        END IF;
         IF claimed > 0 AND g.rate_amount IS NOT NULL THEN
             INSERT INTO krolik_queue_starts AS s (queue, slice_at, starts)
             VALUES (
@@ -203,6 +258,24 @@ FUNCTIONS = (
 def upgrade() -> None:
     op.add_column("krolik_queues", sa.Column("rate_amount", sa.Integer(), nullable=True))
     op.add_column("krolik_queues", sa.Column("rate_window_seconds", sa.Float(), nullable=True))
+    op.add_column("krolik_queues", sa.Column("key_cursor", sa.Text(), nullable=True))
+    # The held tasks' index in the claim's order (priority highest first): one read of
+    # its first entries, not a sort of every held task.
+    op.drop_index("ix_krolik_tasks_held", table_name="krolik_tasks")
+    op.create_index(
+        "ix_krolik_tasks_held",
+        "krolik_tasks",
+        ["queue", sa.text("priority DESC"), "run_at", "id"],
+        postgresql_where=sa.text(HELD),
+        sqlite_where=sa.text(HELD),
+    )
+    op.create_index(
+        "ix_krolik_tasks_pending_key",
+        "krolik_tasks",
+        ["queue", "concurrency_key", sa.text("priority DESC"), "run_at", "id"],
+        postgresql_where=sa.text(PENDING_WITH_KEY),
+        sqlite_where=sa.text(PENDING_WITH_KEY),
+    )
     connection = op.get_bind()
     rows = connection.execute(
         sa.text("SELECT name, rate_limit FROM krolik_queues WHERE rate_limit IS NOT NULL")
@@ -228,6 +301,16 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for function in FUNCTIONS:
             op.execute(f"DROP FUNCTION IF EXISTS {function}")
+    op.drop_index("ix_krolik_tasks_pending_key", table_name="krolik_tasks")
+    op.drop_index("ix_krolik_tasks_held", table_name="krolik_tasks")
+    op.create_index(
+        "ix_krolik_tasks_held",
+        "krolik_tasks",
+        ["queue", "priority", "run_at", "id"],
+        postgresql_where=sa.text(HELD),
+        sqlite_where=sa.text(HELD),
+    )
     with op.batch_alter_table("krolik_queues") as batch:
+        batch.drop_column("key_cursor")
         batch.drop_column("rate_window_seconds")
         batch.drop_column("rate_amount")

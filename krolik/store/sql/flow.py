@@ -279,9 +279,13 @@ class FlowStatements(SqlCore):
         room: int,
         names: Sequence[str],
         named: Sequence[int] = (),
+        walked: Sequence[str] = (),
+        every_held: bool = False,
     ) -> tuple[list[int], set[str]]:
-        """Up to ``room`` tasks to start: the best of those ``named`` and those held,
-        each key within its room. Also the keys at their limit once these start."""
+        """Up to ``room`` tasks to start: the best of those ``named``, those held and
+        those of the keys ``walked`` (or, ``every_held``, every held one of a queue with a
+        limit per key), each key within its room. Also the keys at their limit once these
+        start."""
         if room <= 0:
             return [], set()
         # The pool: the named tasks (by id) and the held ones (by their index), read
@@ -293,12 +297,23 @@ class FlowStatements(SqlCore):
         held = select(*columns).where(
             tasks.c.queue == gates.name, tasks.c.held.is_not(None), candidates
         )
-        if per_key is None:
+        if per_key is None or not every_held:
             held = held.order_by(*order).limit(room)
-        pool = union(
+        parts = [
             select(*columns).where(tasks.c.id.in_(list(named)), candidates),
             held.subquery().select(),
-        ).subquery()
+        ]
+        if per_key is not None:
+            for key in walked:
+                parts.append(
+                    select(*columns)
+                    .where(tasks.c.queue == gates.name, tasks.c.concurrency_key == key, candidates)
+                    .order_by(*order)
+                    .limit(min(room, per_key))
+                    .subquery()
+                    .select()
+                )
+        pool = union(*parts).subquery()
         if per_key is None:
             stmt = (
                 select(pool.c.id)
@@ -346,6 +361,63 @@ class FlowStatements(SqlCore):
             chosen.append(task_id)
         return chosen, {key for key, count in running.items() if count >= per_key}
 
+    async def _walk_keys(self, conn: AsyncConnection, gates: QueueGates, room: int) -> list[str]:
+        """The keys with pending tasks, walked round from the one after the last served
+        (``key_cursor``): as many as may start plus those at their limit. A key whose
+        messages are queued behind another's backlog is reached all the same."""
+        per_key = gates.max_running_per_key
+        if per_key is None or room <= 0:
+            return []
+        running = (
+            select(tasks.c.concurrency_key)
+            .where(
+                tasks.c.queue == gates.name,
+                tasks.c.status == PROCESSING,
+                tasks.c.concurrency_key.is_not(None),
+            )
+            .group_by(tasks.c.concurrency_key)
+            .having(func.count() >= per_key)
+            .subquery()
+        )
+        want = room + int(
+            (await conn.execute(select(func.count()).select_from(running))).scalar_one()
+        )
+        cursor = (
+            await conn.execute(select(queues.c.key_cursor).where(queues.c.name == gates.name))
+        ).scalar_one_or_none()
+        walked: list[str] = []
+        after, wrapped = cursor, False
+        while len(walked) < want:
+            condition = and_(
+                tasks.c.queue == gates.name,
+                tasks.c.status == PENDING,
+                tasks.c.concurrency_key.is_not(None),
+            )
+            if after is not None:
+                condition = and_(condition, tasks.c.concurrency_key > after)
+            step = (
+                await conn.execute(select(func.min(tasks.c.concurrency_key)).where(condition))
+            ).scalar_one_or_none()
+            if step is None:
+                if wrapped or cursor is None:
+                    break
+                after, wrapped = None, True
+                continue
+            if wrapped and step > cursor:
+                break
+            walked.append(step)
+            after = step
+        return walked
+
+    async def _move_key_cursor(
+        self, conn: AsyncConnection, queue: str, walked: Sequence[str], claimed: Sequence[Task]
+    ) -> None:
+        """The next walk starts after the last key walked that got a start."""
+        served = {task.concurrency_key for task in claimed}
+        last = next((key for key in reversed(walked) if key in served), None)
+        if last is not None:
+            await conn.execute(update(queues).where(queues.c.name == queue).values(key_cursor=last))
+
     async def _claim_in_queue(
         self,
         conn: AsyncConnection,
@@ -359,11 +431,13 @@ class FlowStatements(SqlCore):
         gates = await self._lock_gates(conn, queue)
         names = list(handlers)
         full_keys: set[str] = set()
+        walked: list[str] = []
         if not gates.gated:  # the gates were lifted meanwhile: the named tasks, plainly
             chosen, bound = list(named), None
         else:
             room, bound = await self._room(conn, gates, len(named) if wanted is None else wanted)
-            chosen, full_keys = await self._pick(conn, gates, room, names, named)
+            walked = await self._walk_keys(conn, gates, room)
+            chosen, full_keys = await self._pick(conn, gates, room, names, named, walked)
         claimed: list[Task] = []
         if chosen:
             stmt = (
@@ -373,6 +447,7 @@ class FlowStatements(SqlCore):
                 .returning(*tasks.c)
             )
             claimed = [row_to_task(row) for row in (await conn.execute(stmt)).mappings().all()]
+            await self._move_key_cursor(conn, queue, walked, claimed)
             rate = gates.rate
             if claimed and rate is not None:
                 count = self.dialect.insert(queue_starts).values(
@@ -459,7 +534,7 @@ class FlowStatements(SqlCore):
                 if gates.gated:
                     room, _ = await self._room(conn, gates, WAKE_BATCH)
                     ids, _ = await self._pick(
-                        conn, gates, room, await self._held_names(conn, queue)
+                        conn, gates, room, await self._held_names(conn, queue), every_held=True
                     )
                 else:
                     ids = list(

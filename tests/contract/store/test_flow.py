@@ -108,13 +108,40 @@ async def test_a_key_limit_lets_a_small_tenant_pass_a_big_one(any_store: TaskSto
     big = [(await add(any_store, concurrency_key="A")).id for _ in range(10)]
     small = [(await add(any_store, concurrency_key="B")).id for _ in range(2)]
     await drain_outbox(any_store)
+    # The messages of A's ten come first: their claim starts two of A's and, in the
+    # slots A may not take, B's two: B is not behind A's backlog, not even its messages.
     started = await claim_ids(any_store, big)
-    assert len(started) == 2
-    assert set(started) <= set(big)
+    assert started == sorted(big[:2] + small)
     assert (await any_store.held_counts())[QUEUE] == {"key_limit": 8}
-    assert await claim_ids(any_store, small) == small  # B is not behind A's backlog
+    assert await claim_ids(any_store, small) == []  # their messages come late: started
     # A wake-up with A at its limit dispatches none of A's.
     assert await any_store.wake(QUEUE) == 0
+
+
+async def test_the_keys_are_walked_round(any_store: TaskStore) -> None:
+    """Each claim walks the keys with pending tasks from the one after the key it served
+    last: keys beyond the first few are reached, and none keeps the turn."""
+    await any_store.set_gates(QUEUE, {"max_running_per_key": 1})
+    keys = [f"tenant-{n}" for n in range(6)]
+    by_key = {
+        key: [(await add(any_store, concurrency_key=key)).id for _ in range(2)] for key in keys
+    }
+    await drain_outbox(any_store)
+    _, first = await take(any_store, await current(any_store, by_key[keys[0]][0]))  # kept running
+    served: list[str | None] = []
+    for _ in range(len(keys) - 1):
+        # The message names tenant-0's second task, whose key is at its limit; each run
+        # ends at once, so every other key has room again at the next claim.
+        [task] = [
+            t
+            for t in await any_store.claim_many([by_key[keys[0]][1]], WORKER, LEASE, HANDLERS)
+            if t
+        ]
+        served.append(task.concurrency_key)
+        assert await any_store.complete(RunRef.of(task), "ok")
+    assert served == keys[1:]
+    assert await held(any_store, by_key[keys[0]][1]) == Hold.KEY_LIMIT.value
+    assert await any_store.complete(first, "ok")
 
 
 async def test_a_rate_limit_holds_past_its_window_and_wakes_when_it_slides(
