@@ -12,6 +12,7 @@ acked, requeued after a pause, or dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -39,6 +40,11 @@ DECLINE_DELAY_SECONDS = 0.5
 """A task whose handler another live worker has is dispatched again after this."""
 UNSERVED_RECHECK_SECONDS = 5.0
 """A task whose handler no live worker has is looked at again after this."""
+HOLDING_MEMORY_SECONDS = 10.0
+"""How long a queue counts as holding tasks after this worker last saw one held there:
+meanwhile each of its runs that ends takes the best held task into its slot. Beyond it
+(or for a queue whose holds this worker never saw) the waker wakes them, within its
+look of 2 s, and a queue that holds nothing costs its runs no statement at all."""
 
 
 def is_overdue(task: Task) -> bool:
@@ -107,6 +113,8 @@ class Intake:
         self._changed = changed
         self.claiming = 0
         """Groups being claimed: their runs are not registered yet."""
+        self._holding: dict[str, float] = {}
+        """Queue -> when this worker last saw a task held there (monotonic)."""
         self.peers = Peers(store, worker_id)
         self._log = log.bind(worker_id=worker_id)
         # The claims of concurrent deliveries share statements.
@@ -176,11 +184,21 @@ class Intake:
                 return  # the delivery was settled otherwise
         await once.ack()
 
+    def saw_held(self, queue: str) -> None:
+        self._holding[queue] = time.monotonic()
+
+    def may_hold(self, queue: str) -> bool:
+        """Whether this worker saw a task held in ``queue`` lately."""
+        seen = self._holding.get(queue)
+        return seen is not None and time.monotonic() - seen < HOLDING_MEMORY_SECONDS
+
     async def take_held(self, queue: str) -> None:
         """A run of a gated queue ended here: its slot goes to the best task the queue
         holds, claimed by this worker at once (no message, no relay in between). With no
         slot free here, or none of the held tasks for this worker's handlers, the queue
-        is woken for any worker."""
+        is woken for any worker. Only for a queue seen holding tasks lately."""
+        if not self.may_hold(queue):
+            return
         if self._slots.ready and self._accepting():
             await self._slots.take(1)
             self.claiming += 1
@@ -194,6 +212,7 @@ class Intake:
             finally:
                 self.claiming -= 1
             if claimed:
+                self.saw_held(queue)
                 for task in claimed:
                     self._start_run(task)
                 self._changed()
@@ -247,8 +266,9 @@ class Intake:
         has no handler for (the message said otherwise) is put back; a message naming no
         task at all is dead-lettered. False when the delivery was settled here."""
         unserved: list[TaskMessage] = []
+        found = {task.id: task for task in await self.store.get_many([m.task_id for m in messages])}
         for message in messages:
-            task = await self.store.get(message.task_id)
+            task = found.get(message.task_id)
             if task is None:
                 reason = f"task {message.task_id} does not exist"
                 self._log.error("message_dead_lettered", task_id=message.task_id, reason=reason)
@@ -262,6 +282,7 @@ class Intake:
                 unserved.append(TaskMessage(task.id, task.name, task.queue))
             elif task.held is not None:
                 self.stats.held += 1  # its queue's gates hold it: woken when a slot frees
+                self.saw_held(task.queue)
                 self._log.debug("task_held", task_id=task.id, reason=task.held)
             elif is_overdue(task):
                 for ended in await self.store.expire_overdue(1, [task.id]):
