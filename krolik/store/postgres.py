@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields, replace
@@ -181,6 +182,8 @@ SELECT {columns} FROM krolik_claim_gated($1::bigint[], $2, $3, $4::text[], $5::i
 CLAIM_HELD_SQL = """
 SELECT {columns} FROM krolik_claim_held($1, $2, $3, $4, $5::text[], $6::int[]) AS t
 """.format(columns=returning("t"))
+GATED_FIRST_SECONDS = 10.0
+"""How long after a claim in a gated queue a store's claims try the gated claim first."""
 HOLDS_ANY_SQL = """
 SELECT 1 FROM krolik_tasks WHERE queue = $1 AND status = 'pending' AND held IS NOT NULL LIMIT 1
 """
@@ -335,6 +338,8 @@ class PostgresTaskStore(SqlTaskStore):
         pgbouncer: bool = False,
     ) -> None:
         super().__init__(engine, PostgresDialect())
+        self._gated_claim_at = -GATED_FIRST_SECONDS
+        """When a claim of this store last started a task of a gated queue (monotonic)."""
         cache_args = statement_cache_args(pgbouncer)
         self.pgbouncer = pgbouncer
         self.settings: DatabaseSettings | None = None
@@ -465,8 +470,38 @@ class PostgresTaskStore(SqlTaskStore):
         lease_seconds: float,
         handlers: Mapping[str, int],
     ) -> list[Task | None]:
+        """The plain claim first, then the gated one for what it refused; while this store
+        claims in gated queues (lately), the other way round, so that each claim costs one
+        round trip where most do."""
         if not task_ids or not handlers:
             return [None] * len(task_ids)
+        if time.monotonic() - self._gated_claim_at < GATED_FIRST_SECONDS:
+            gated, ungated = await self._claim_gated(task_ids, worker_id, lease_seconds, handlers)
+            plain = await self._claim_plain(ungated, worker_id, lease_seconds, handlers)
+            taken = {task.id for task in plain if task is not None}
+            outranked = [task_id for task_id in ungated if task_id not in taken]
+        else:
+            plain = await self._claim_plain(task_ids, worker_id, lease_seconds, handlers)
+            refused = [task_id for task_id, task in zip(task_ids, plain, strict=True) if not task]
+            gated, outranked = await self._claim_gated(refused, worker_id, lease_seconds, handlers)
+        if outranked:
+            gated += await self._claim_outranked(outranked, worker_id, lease_seconds, handlers)
+        # One winner per id: the first claim naming it; what claims took instead of the
+        # tasks named (the best waiting) fills the places of those refused.
+        by_id = {task.id: task for task in plain if task is not None}
+        answered = iter(gated)
+        return [by_id.pop(task_id, None) or next(answered, None) for task_id in task_ids]
+
+    async def _claim_plain(
+        self,
+        task_ids: Sequence[int],
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> list[Task | None]:
+        """CLAIM_MANY_SQL: the named tasks of ungated queues, each in its id's place."""
+        if not task_ids:
+            return []
         records = await self._fetch(
             CLAIM_MANY_SQL,
             list(task_ids),
@@ -476,43 +511,37 @@ class PostgresTaskStore(SqlTaskStore):
             list(handlers.values()),
         )
         claimed = {task.id: task for task in map(record_to_task, records)}
-        # One winner per id: the first claim naming it.
-        answers = [claimed.pop(task_id, None) for task_id in task_ids]
-        return await self._with_gated_claims(task_ids, answers, worker_id, lease_seconds, handlers)
+        return [claimed.pop(task_id, None) for task_id in task_ids]
 
-    async def _with_gated_claims(
+    async def _claim_gated(
         self,
         task_ids: Sequence[int],
-        answers: list[Task | None],
         worker_id: str,
         lease_seconds: float,
         handlers: Mapping[str, int],
-    ) -> list[Task | None]:
-        refused = [task_id for task_id, task in zip(task_ids, answers, strict=True) if not task]
-        if not refused or not handlers:
-            return answers
-        found = map(
-            record_to_task,
-            await self._fetch(
-                CLAIM_GATED_SQL,
-                refused,
-                worker_id,
-                float(lease_seconds),
-                list(handlers),
-                list(handlers.values()),
-            ),
+    ) -> tuple[list[Task], list[int]]:
+        """krolik_claim_gated: what it claimed in gated queues, and the named tasks of
+        ungated queues it left alone."""
+        if not task_ids:
+            return [], []
+        records = await self._fetch(
+            CLAIM_GATED_SQL,
+            list(task_ids),
+            worker_id,
+            float(lease_seconds),
+            list(handlers),
+            list(handlers.values()),
         )
-        second: list[Task] = []
+        claimed: list[Task] = []
         ungated: list[int] = []
-        for task in found:
+        for task in map(record_to_task, records):
             if task.status is TaskStatus.PROCESSING:
-                second.append(replace(task, gated=True))
+                claimed.append(replace(task, gated=True))
             else:
                 ungated.append(task.id)
-        if ungated:
-            second += await self._claim_outranked(ungated, worker_id, lease_seconds, handlers)
-        answered = iter(second)
-        return [task or next(answered, None) for task in answers]
+        if claimed:
+            self._gated_claim_at = time.monotonic()
+        return claimed, ungated
 
     async def claim_held(
         self,
@@ -533,6 +562,8 @@ class PostgresTaskStore(SqlTaskStore):
             list(handlers),
             list(handlers.values()),
         )
+        if records:
+            self._gated_claim_at = time.monotonic()
         return [replace(record_to_task(record), gated=True) for record in records]
 
     async def wake(self, queue: str) -> int:

@@ -301,3 +301,19 @@ async def test_claims_racing_for_the_last_slots_never_pass_the_cap(any_store: Ta
         ids = [i for i in ids if (await current(any_store, i)).status is TaskStatus.PENDING]
         await any_store.wake(QUEUE)
         await drain_outbox(any_store)
+
+
+async def test_after_a_gated_claim_ungated_queues_claim_as_before(any_store: TaskStore) -> None:
+    """A store that claimed in a gated queue lately tries the gated claim first: the
+    tasks of ungated queues are claimed all the same, priority included."""
+    await any_store.set_gates("capped", {"max_running": 1})
+    capped = await add(any_store, queue="capped")
+    plain = [(await add(any_store)).id for _ in range(2)]
+    high = (await add(any_store, priority=5)).id
+    await drain_outbox(any_store)
+    [run] = await any_store.claim_many([capped.id], WORKER, LEASE, HANDLERS)
+    assert run is not None
+    assert run.gated
+    assert await claim_ids(any_store, [plain[0]]) == [high]  # it outranks the one named
+    assert await claim_ids(any_store, plain) == plain
+    assert await claim_ids(any_store, plain) == []  # claimed once only
