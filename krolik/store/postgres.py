@@ -151,7 +151,7 @@ SET status = 'processing',
     updated_at = clock_timestamp(),
     progress = NULL
 FROM unnest($1::bigint[]) AS c(id), unnest($4::text[], $5::int[]) AS h(name, default_max)
-WHERE t.id = c.id AND t.name IS NOT DISTINCT FROM h.name
+WHERE t.id = ANY($1::bigint[]) AND t.id = c.id AND t.name IS NOT DISTINCT FROM h.name
   AND t.status IS NOT DISTINCT FROM 'pending' AND t.run_at <= now()
   AND (t.expires_at IS NULL OR t.expires_at > now())
   AND NOT EXISTS (

@@ -54,7 +54,18 @@ FROM generate_series(1, 20000) AS n
 """Finished tasks of one name, and a quarter of them scheduled for later."""
 
 
-async def young_table_plan(store: PostgresTaskStore, sql: str, *args: Any) -> str:
+SMALL_BACKLOG = [
+    # A young table of 5,000 pending tasks: a full scan looks as cheap as 30 probes of
+    # the primary key to a planner that knows nothing of the rows.
+    "INSERT INTO krolik_tasks (name, queue, status, run_at, created_at, updated_at)"
+    " SELECT 'echo', 'default', 'pending', now(), now(), now() FROM generate_series(1, 5000)",
+    *YOUNG_TABLE,
+]
+
+
+async def young_table_plan(
+    store: PostgresTaskStore, sql: str, *args: Any, before: list[str] = YOUNG_TABLE
+) -> str:
     """The plan on a young table holding a backlog, undone after (a rolled-back
     transaction: the catalogs and rows as they were)."""
     async with store.engine.connect() as conn:
@@ -63,8 +74,9 @@ async def young_table_plan(store: PostgresTaskStore, sql: str, *args: Any) -> st
         transaction = driver.transaction()
         await transaction.start()
         try:
-            await driver.execute(BACKLOG)
-            for statement in YOUNG_TABLE:
+            if before is YOUNG_TABLE:
+                await driver.execute(BACKLOG)
+            for statement in before:
                 await driver.execute(statement)
             rows = await driver.fetch(f"EXPLAIN {sql}", *args)
         finally:
@@ -73,6 +85,8 @@ async def young_table_plan(store: PostgresTaskStore, sql: str, *args: Any) -> st
 
 
 BY_ID = "->  Index Scan using pk_krolik_tasks on krolik_tasks t"
+BY_IDS = "->  Bitmap Heap Scan on krolik_tasks t"
+"""Also by id: the bitmap of the primary key's entries for the ids (asserted apart)."""
 OUTRANKED = "->  Index Scan using ix_krolik_tasks_pending_priority on krolik_tasks p"
 """The claim's probe for a task of higher priority due in the queue: an index holding only
 pending tasks above priority 0 (empty while no task has a priority)."""
@@ -92,7 +106,29 @@ async def test_a_claim_reads_its_tasks_by_id_on_a_young_table(store: PostgresTas
     shown = await young_table_plan(store, CLAIM_MANY_SQL, ids, "w", 30.0, ["echo"], [1])
     # Not by name (every task of it) nor by the pending index (every row version that
     # was pending since the last vacuum): the planner knows none of that yet.
-    assert scans_of_tasks(shown) == [BY_ID, OUTRANKED], shown
+    assert_by_id(shown)
+
+
+async def test_a_claim_reads_its_tasks_by_id_on_a_young_table_of_a_few_thousand(
+    store: PostgresTaskStore,
+) -> None:
+    ids = list(range(1, 31))
+    shown = await young_table_plan(
+        store, CLAIM_MANY_SQL, ids, "w", 30.0, ["echo"], [1], before=SMALL_BACKLOG
+    )
+    # Read in full, it may be (the planner finds that as cheap); but each row is tested
+    # against the ids at the scan, not against every id named through a join (12 ms a
+    # claim at 5,000 tasks, 0.5 ms so).
+    scan = shown.split("Scan on krolik_tasks t ", 1)[1].split("->", 1)[0]
+    assert "(id = ANY (" in scan, shown
+
+
+def assert_by_id(shown: str) -> None:
+    scans = scans_of_tasks(shown)
+    assert scans[1:] == [OUTRANKED], shown
+    assert scans[0] == BY_ID or (
+        scans[0] == BY_IDS and "Bitmap Index Scan on pk_krolik_tasks" in shown
+    ), shown
 
 
 async def test_a_completion_reads_its_tasks_by_id_on_a_young_table(
