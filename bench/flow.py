@@ -155,21 +155,29 @@ async def drain_scenario(
     deployment: Deployment, url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     deployment.spawn("worker", "worker", "--concurrency", str(args.concurrency))
+    await set_limits(url, UNGATED)  # not the cap scenario's, for the warm-up too
     await asyncio.sleep(2)
     newest = int(await deployment.scalar("SELECT coalesce(max(id), 0) AS n FROM krolik_tasks"))
     await drain_rate(deployment, url, 500, newest)  # warm-up
     rates: dict[str, list[float]] = {"ungated": [], "gated": []}
+    cpu: dict[str, dict[str, list[float]]] = {"ungated": {}, "gated": {}}
     for _ in range(args.rounds):
         for kind, limits in (("ungated", UNGATED), ("gated", NOT_BINDING)):
             await set_limits(url, limits)
             newest = int(await deployment.scalar("SELECT max(id) AS n FROM krolik_tasks"))
-            rate, _ = await drain_rate(deployment, url, args.drain, newest)
+            rate, cpu_us = await drain_rate(deployment, url, args.drain, newest)
             rates[kind].append(rate)
-            say(BENCH, f"drain {kind}: {rate:.0f} tasks/s")
+            for role, us in cpu_us.items():
+                cpu[kind].setdefault(role, []).append(us)
+            say(BENCH, f"drain {kind}: {rate:.0f} tasks/s; CPU µs per task {cpu_us}")
     mean = {kind: sum(values) / len(values) for kind, values in rates.items()}
     return {
         "drain_per_s": {kind: [round(v) for v in values] for kind, values in rates.items()},
         "gated_ratio": ratio(mean["gated"], mean["ungated"], mean["ungated"]),
+        "cpu_us_per_task": {
+            kind: {role: round(sum(v) / len(v)) for role, v in roles.items()}
+            for kind, roles in cpu.items()
+        },
     }
 
 
