@@ -192,22 +192,26 @@ class Intake:
         seen = self._holding.get(queue)
         return seen is not None and time.monotonic() - seen < HOLDING_MEMORY_SECONDS
 
-    async def take_held(self, queue: str) -> None:
+    async def take_held(self, queue: str, *, slot: bool = False) -> bool:
         """A run of a gated queue ended here: its slot goes to the best task the queue
         holds, claimed by this worker at once (no message, no relay in between). With no
         slot free here, or none of the held tasks for this worker's handlers, the queue
-        is woken for any worker. Only for a queue seen holding tasks lately."""
+        is woken for any worker. Only for a queue seen holding tasks lately.
+
+        ``slot``: the caller holds a slot and offers it; True when a new run took it."""
         if not self.may_hold(queue):
-            return
-        if self._slots.ready and self._accepting():
-            await self._slots.take(1)
+            return False
+        if self._accepting() and (slot or self._slots.ready):
+            if not slot:
+                await self._slots.take(1)
             self.claiming += 1
             try:
                 claimed = await self.store.claim_held(
                     queue, 1, self.worker_id, self.lease_seconds, self.handler_defaults
                 )
             except BaseException:
-                self._slots.give()
+                if not slot:
+                    self._slots.give()
                 raise
             finally:
                 self.claiming -= 1
@@ -216,10 +220,12 @@ class Intake:
                 for task in claimed:
                     self._start_run(task)
                 self._changed()
-                return
-            self._slots.give()
+                return slot
+            if not slot:
+                self._slots.give()
             self._changed()
         await self.store.wake(queue)
+        return False
 
     async def _claim_many(self, task_ids: Sequence[int]) -> list[Task | None]:
         return await self.store.claim_many(

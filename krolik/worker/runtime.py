@@ -268,11 +268,15 @@ class Worker:
         task = run.task
         started = time.monotonic()
         slot_held = True
+        passed_on = False
         try:
             self.observer.task_started(task)
             self._log.debug("task_started", **log_fields(run))
             outcome = await execute(run)
-            if self._recording < self.concurrency:
+            # A run of a gated queue keeps its slot while its outcome is written: the slot
+            # goes to the best task the queue holds, claimed once the write frees a place
+            # under its gates.
+            if self._recording < self.concurrency and not task.gated:
                 # The handler is done: its slot takes the next task while the outcome is
                 # written (the write waits for a shared statement). At most ``concurrency``
                 # runs are being recorded so, or a slow store would let claims run ahead.
@@ -281,27 +285,31 @@ class Worker:
                 slot_held = False
             recorded = await self.recorder.record(run, outcome)
             self.observer.task_finished(task, recorded, time.monotonic() - started)
-            if task.gated:
-                await self._wake_queue(task.queue)
+            if task.gated and await self._wake_queue(task.queue, slot_held):
+                slot_held = passed_on = True
         except Exception:
             self._log.exception("task_run_crashed", **log_fields(run))
         finally:
             self.progress.forget(run.ref)
             self.keeper.untrack(run.ref)
             self.runs.pop(run.ref, None)
-            if slot_held:
+            if passed_on:
+                pass  # the slot is the run's that took it
+            elif slot_held:
                 self._slots.give()
             else:
                 self._recording -= 1
             self._notify()
 
-    async def _wake_queue(self, queue: str) -> None:
+    async def _wake_queue(self, queue: str, slot_held: bool) -> bool:
         """A run of a gated queue ended: its slot goes to the best held task at once
-        (should this fail, the waker finds it within seconds)."""
+        (should this fail, the waker finds it within seconds). True when the slot the
+        run held went to a new run."""
         try:
-            await self.intake.take_held(queue)
+            return await self.intake.take_held(queue, slot=slot_held)
         except Exception as exc:
             self._log.warning("wake_failed", queue=queue, error=str(exc))
+            return False
 
     # -- leases ----------------------------------------------------------------------
     def _on_beat(self, report: BeatReport) -> None:

@@ -55,6 +55,25 @@ DECLARE
     step text;
     wrapped boolean := false;
 BEGIN
+    IF cardinality(p_named) > 0 THEN
+        -- A queue evidently shut (paused, or its cap full as far as this snapshot sees)
+        -- holds the named tasks without waiting for the lock: a backlog's messages do
+        -- not queue up behind it. A slot freed meanwhile is taken by the run that freed
+        -- it, or woken by the waker.
+        SELECT * INTO g FROM krolik_queues WHERE name = p_queue;
+        IF g.paused THEN
+            bound := 'paused';
+        ELSIF g.max_running IS NOT NULL AND (
+            SELECT count(*) FROM krolik_tasks WHERE queue = p_queue AND status = 'processing'
+        ) >= g.max_running THEN
+            bound := 'max_running';
+        END IF;
+        IF bound IS NOT NULL THEN
+            UPDATE krolik_tasks SET held = bound
+            WHERE id = ANY(p_named) AND status = 'pending';
+            RETURN;
+        END IF;
+    END IF;
     -- The queue's row lock: two claims of the queue never count the same free slot.
     SELECT * INTO g FROM krolik_queues WHERE name = p_queue FOR UPDATE;
     IF NOT FOUND OR NOT (g.paused OR g.max_running IS NOT NULL
