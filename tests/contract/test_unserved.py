@@ -17,6 +17,7 @@ import pytest
 from krolik.registry import Registry
 from krolik.relay import OutboxRelay
 from krolik.states import TaskStatus
+from krolik.worker import intake
 from tests.conftest import wait_for_task
 from tests.contract.deployment import Deployment, StartWorker
 from tests.support.waiting import wait_until
@@ -59,9 +60,13 @@ async def test_mixed_pools_on_one_queue_run_every_task_where_its_handler_is(
 
 
 async def test_a_task_no_worker_can_run_waits_until_one_comes(
-    deployment: Deployment, start_worker: StartWorker, relay: OutboxRelay
+    deployment: Deployment,
+    start_worker: StartWorker,
+    relay: OutboxRelay,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The rolling deploy: the new handler's workers start after its tasks were sent."""
+    monkeypatch.setattr(intake, "UNSERVED_RECHECK_SECONDS", 0.5)  # not 5 s per look
     old = await start_worker(concurrency=2)
     [task] = await deployment.enqueue(ONLY_SOME, [1])
     await wait_until(lambda: old.stats.declined >= 2, timeout=20, what="put back, twice")
