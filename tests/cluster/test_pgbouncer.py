@@ -8,7 +8,8 @@ set. Without it they fail at once: a statement asyncpg prepared on one server co
 is looked for on another ("prepared statement ... does not exist").
 
 Left out: the tests that make roles of their own (PgBouncer knows the users it was
-given) or watch server connections themselves (PgBouncer keeps its own).
+given) or watch server connections themselves (PgBouncer keeps its own), and the few in
+``LEFT_OUT``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ CORE = [
     "tests/integration/test_shutdown.py",
     "tests/contract/test_api_modes.py",
     "tests/e2e/test_processes.py",
+    "tests/contract/store/test_flow.py",
+]
+LEFT_OUT = [
+    "embedded",  # the embedded mode's cases run beside PgBouncer, not through it
+    # Long for what they add here: an 11.5 s outage (the proxy in front of PgBouncer cuts
+    # the same connections as in front of PostgreSQL), a kill -9 of a capped run (the
+    # gated claim through PgBouncer is test_flow.py's).
+    "release_during_a_database_outage",
+    "capped_slot",
 ]
 
 
@@ -64,7 +74,6 @@ def test_the_core_scenarios_pass_through_pgbouncer_in_transaction_mode(
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("APP__")}
     env |= {"KROLIK_TEST_PG_PORT": str(pgbouncer.port), "KROLIK_TEST_PGBOUNCER": "1"}
     run = subprocess.run(
-        # The embedded mode's cases run beside PgBouncer, not through it: left out.
         [
             sys.executable,
             "-m",
@@ -75,7 +84,7 @@ def test_the_core_scenarios_pass_through_pgbouncer_in_transaction_mode(
             "-m",
             "not slow",
             "-k",
-            "not embedded",
+            " and ".join(f"not {name}" for name in LEFT_OUT),
             *CORE,
         ],
         cwd=REPO_ROOT,
