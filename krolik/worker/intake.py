@@ -40,6 +40,8 @@ DECLINE_DELAY_SECONDS = 0.5
 """A task whose handler another live worker has is dispatched again after this."""
 UNSERVED_RECHECK_SECONDS = 5.0
 """A task whose handler no live worker has is looked at again after this."""
+HELD_TAKE = 4
+"""The most held tasks a run that ends takes into this worker's free slots at once."""
 HOLDING_MEMORY_SECONDS = 10.0
 """How long a queue counts as holding tasks after this worker last saw one held there:
 meanwhile each of its runs that ends takes the best held task into its slot. Beyond it
@@ -202,28 +204,28 @@ class Intake:
         if not self.may_hold(queue):
             return False
         if self._accepting() and (slot or self._slots.ready):
-            if not slot:
-                await self._slots.take(1)
+            # Free slots here beside the one offered: a slot of the cap that a lost
+            # wake-up left empty is filled too, not only the one this run frees.
+            extra = await self._slots.take(HELD_TAKE - slot) if self._slots.ready else 0
+            offered = extra + slot
             self.claiming += 1
             try:
                 claimed = await self.store.claim_held(
-                    queue, 1, self.worker_id, self.lease_seconds, self.handler_defaults
+                    queue, offered, self.worker_id, self.lease_seconds, self.handler_defaults
                 )
             except BaseException:
-                if not slot:
-                    self._slots.give()
+                self._slots.give(extra)
                 raise
             finally:
                 self.claiming -= 1
+            # The offered slot is the first one used; the others not used go back.
+            self._slots.give(min(extra, offered - len(claimed)))
+            for task in claimed:
+                self._start_run(task)
+            self._changed()
             if claimed:
                 self.saw_held(queue)
-                for task in claimed:
-                    self._start_run(task)
-                self._changed()
                 return slot
-            if not slot:
-                self._slots.give()
-            self._changed()
         await self.store.wake(queue)
         return False
 
