@@ -14,7 +14,10 @@ What it does (see bench/common.py for the deployment):
     ``bench.counted`` (bench/flow_handlers.py: each run counts itself in a counter all
     processes share and fails if it finds more than the cap running) sleeping
     ``--seconds`` each. The counter is sampled every 5 ms while tasks wait: the share of
-    samples with the cap full is the cap's use. Every task must end done;
+    samples with the cap full is the cap's use (all of the cap's handlers inside their
+    sleep at once); beside it, the share of the store's samples (about every 100 ms) with
+    the cap's count of tasks ``processing``, the count the cap bounds. Every task must end
+    done;
   * drain: ``--drain`` echo tasks through one worker, the queue without gates and then
     with every limit set but none binding (max_running and max_running_per_key 100,000,
     rate_limit 1,000,000/minute), ``--rounds`` times each, interleaved: the ratio;
@@ -121,15 +124,16 @@ async def cap_scenario(
     started = time.monotonic()
     ids = await submit(url, [body] * args.tasks)
     samples: list[int] = []
+    stored: list[int] = []
     while True:
-        waiting = int(
-            await deployment.scalar(
-                "SELECT count(*) AS n FROM krolik_tasks WHERE name = 'bench.counted'"
-                " AND status = 'pending'"
-            )
+        [counts] = await deployment.fetch(
+            "SELECT count(*) FILTER (WHERE status = 'pending') AS waiting,"
+            " count(*) FILTER (WHERE status = 'processing') AS running"
+            " FROM krolik_tasks WHERE name = 'bench.counted'"
         )
-        if waiting == 0:
+        if int(counts["waiting"]) == 0:
             break
+        stored.append(int(counts["running"]))
         for _ in range(20):
             samples.append(read_counter(counter)[0])
             await asyncio.sleep(0.005)
@@ -138,12 +142,14 @@ async def cap_scenario(
     statuses = await deployment.status_counts()
     _, most = read_counter(counter)
     full = sum(1 for s in samples if s >= args.cap) / len(samples) if samples else 0.0
+    store_full = sum(1 for s in stored if s >= args.cap) / len(stored) if stored else 0.0
     return {
         "tasks": len(ids),
         "cap": args.cap,
         "processes_x_slots": f"{args.workers}x{args.slots}",
         "most_running_seen": most,
         "cap_full_share": round(full, 3),
+        "store_full_share": round(store_full, 3),
         "samples": len(samples),
         "seconds": round(seconds, 1),
         "statuses": statuses,
@@ -322,6 +328,7 @@ async def bench(args: argparse.Namespace) -> int:
             ("cap", f"{cap['cap']} over {cap['processes_x_slots']} slots, {cap['tasks']:,} tasks"),
             ("most running seen", f"{cap['most_running_seen']} (by the handlers)"),
             ("cap full while waiting", f"{cap['cap_full_share']:.1%} of {cap['samples']} samples"),
+            ("the store's count at the cap", f"{cap['store_full_share']:.1%} of its samples"),
             ("took", f"{cap['seconds']}s (ideal {cap['ideal_seconds']}s); {cap['statuses']}"),
         ]
     if "drain" in figures:
