@@ -184,9 +184,18 @@ SELECT {columns} FROM krolik_claim_held($1, $2, $3, $4, $5::text[], $6::int[]) A
 """.format(columns=returning("t"))
 GATED_FIRST_SECONDS = 10.0
 """How long after a claim in a gated queue a store's claims try the gated claim first."""
-HOLDS_ANY_SQL = """
-SELECT 1 FROM krolik_tasks WHERE queue = $1 AND status = 'pending' AND held IS NOT NULL LIMIT 1
+MAY_WAKE_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM krolik_tasks WHERE queue = $1 AND status = 'pending' AND held IS NOT NULL
+) AND NOT coalesce((
+    SELECT g.paused OR (g.max_running IS NOT NULL AND g.max_running <= (
+        SELECT count(*) FROM krolik_tasks r WHERE r.queue = $1 AND r.status = 'processing'))
+    FROM krolik_queues g WHERE g.name = $1
+), false)
 """
+"""Whether a wake-up of the queue could dispatch anything: it holds tasks, and is neither
+paused nor at its cap as far as this snapshot sees (read without the lock; a slot that
+frees meanwhile is taken by the run that freed it, or woken by the waker)."""
 
 COMPLETE_MANY_SQL = """
 WITH done AS (
@@ -567,7 +576,8 @@ class PostgresTaskStore(SqlTaskStore):
         return [replace(record_to_task(record), gated=True) for record in records]
 
     async def wake(self, queue: str) -> int:
-        if not await self._fetch(HOLDS_ANY_SQL, queue):  # the common answer, in one round trip
+        [worth] = await self._fetch(MAY_WAKE_SQL, queue)  # the common answer, no, at once
+        if not worth[0]:
             return 0
         return await super().wake(queue)
 
