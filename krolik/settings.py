@@ -179,7 +179,7 @@ class RetentionSettings(BaseModel):
     """How often the cleaner looks; it goes on at once while batches come back full."""
     batch_size: int = Field(500, ge=1, le=100_000)
     """Most tasks deleted per statement: each batch holds its row locks only that long."""
-    batch_seconds_limit: float = Field(0.08, gt=0)
+    batch_seconds_limit: float = Field(0.05, gt=0)
     """Most time one batch may hold its row locks: on PostgreSQL a batch statement
     that runs longer is cancelled (nothing deleted) and the next batch is halved."""
     busy_share: float = Field(0.1, gt=0, le=1)
