@@ -173,7 +173,8 @@ class FlowStatements(SqlCore):
         higher priority is due in their queue: as many of the queue's best due tasks are
         claimed instead (SKIP LOCKED), and the named ones left over are dispatched again.
         A high-priority task so starts in the next free slot, not after every message
-        RabbitMQ already holds for the queue."""
+        RabbitMQ already holds for the queue. The better task may have been claimed
+        meanwhile: the best are then the named ones themselves, claimed as they are."""
         if not task_ids or not handlers:
             return []
         names = list(handlers)
@@ -183,7 +184,6 @@ class FlowStatements(SqlCore):
                 tasks.c.id.in_(list(task_ids)),
                 self._claimable(names),
                 ~exists().where(queues.c.name == tasks.c.queue, gated()),
-                self._outranked(),
             )
             .with_for_update(skip_locked=True)
         )

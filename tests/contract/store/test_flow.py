@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -280,6 +281,27 @@ async def test_a_due_task_of_higher_priority_is_claimed_before_the_one_named(
     later = (await add(any_store, priority=9, delay_seconds=60)).id
     assert await claim_ids(any_store, [low[2]]) == [low[2]]  # one not due does not count
     assert (await current(any_store, later)).status is TaskStatus.PENDING
+
+
+async def test_a_task_refused_for_a_better_one_taken_meanwhile_is_claimed_all_the_same(
+    any_store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain claim refuses a task while one of higher priority is due; another claim
+    may take that one before the claim of the best runs. The task named is then the best
+    there is, and is claimed (it once was answered "not claimable" and left pending
+    without a message)."""
+    low = (await add(any_store)).id
+    high = (await add(any_store, priority=5)).id
+    await drain_outbox(any_store)
+    assert isinstance(any_store, SqlTaskStore)
+    claim_the_best = any_store._claim_outranked
+
+    async def raced(*args: Any) -> Any:
+        assert await claim_ids(any_store, [high], OTHER_WORKER) == [high]  # meanwhile
+        return await claim_the_best(*args)
+
+    monkeypatch.setattr(any_store, "_claim_outranked", raced)
+    assert await claim_ids(any_store, [low]) == [low]
 
 
 async def test_claims_racing_for_the_last_slots_never_pass_the_cap(any_store: TaskStore) -> None:
