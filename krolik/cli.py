@@ -354,13 +354,16 @@ def queues_list(data: DataOption = None) -> None:
         return await store.list_gates(), await store.held_counts()
 
     gates, held = asyncio.run(_with_store(settings, data, read))
-    typer.echo(f"{'queue':<24} {'state':<7} {'max_running':<12} {'per_key':<8} {'rate':<18} held")
+    typer.echo(
+        f"{'queue':<24} {'state':<7} {'max_running':<12} {'per_key':<8} {'rate':<18} "
+        f"{'priority':<9} held"
+    )
     for item in gates:
         waiting = ", ".join(f"{n} {why}" for why, n in sorted(held.get(item.name, {}).items()))
         typer.echo(
             f"{item.name:<24} {'paused' if item.paused else 'active':<7} "
             f"{_limit(item.max_running):<12} {_limit(item.max_running_per_key):<8} "
-            f"{_limit(item.rate_limit):<18} {waiting or '-'}"
+            f"{_limit(item.rate_limit):<18} {_limit(item.default_priority):<9} {waiting or '-'}"
         )
 
 
@@ -404,6 +407,10 @@ def queues_set(
     rate_limit: Annotated[
         str | None, typer.Option(help="Starts per window, e.g. 60/minute ('none').")
     ] = None,
+    default_priority: Annotated[
+        str | None,
+        typer.Option(help="Priority of its tasks that give none, -1000 to 1000 ('none')."),
+    ] = None,
     data: DataOption = None,
 ) -> None:
     """Change a queue's limits at run time (as PATCH /queues/{name} does)."""
@@ -412,6 +419,7 @@ def queues_set(
         ("max_running", max_running),
         ("max_running_per_key", max_running_per_key),
         ("rate_limit", rate_limit),
+        ("default_priority", default_priority),
     ):
         if given is None:
             continue
@@ -419,6 +427,8 @@ def queues_set(
             changes[field] = None
         elif field == "rate_limit":
             changes[field] = given
+        elif field == "default_priority":
+            changes[field] = _priority_option(given)
         else:
             least = 0 if field == "max_running" else 1
             if not given.isdigit() or int(given) < least:
@@ -428,15 +438,33 @@ def queues_set(
             changes[field] = int(given)
     if not changes:
         typer.echo(
-            "error: nothing to change (--max-running, --max-running-per-key, --rate-limit)",
+            "error: nothing to change (--max-running, --max-running-per-key, --rate-limit, "
+            "--default-priority)",
             err=True,
         )
         raise SystemExit(1)
     gates = _change_queue(name, changes, data)
     typer.echo(
         f"queue {name!r}: max_running {_limit(gates.max_running)}, max_running_per_key "
-        f"{_limit(gates.max_running_per_key)}, rate_limit {_limit(gates.rate_limit)}"
+        f"{_limit(gates.max_running_per_key)}, rate_limit {_limit(gates.rate_limit)}, "
+        f"default_priority {_limit(gates.default_priority)}"
     )
+
+
+def _priority_option(given: str) -> int:
+    from krolik.flow import PRIORITY_RANGE
+
+    low, high = PRIORITY_RANGE
+    try:
+        value = int(given)
+    except ValueError:
+        value = high + 1
+    if not low <= value <= high:
+        typer.echo(
+            f"error: --default-priority takes a number from {low} to {high}, or none", err=True
+        )
+        raise SystemExit(1)
+    return value
 
 
 def _age(seconds: float) -> str:

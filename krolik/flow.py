@@ -93,6 +93,8 @@ class QueueGates:
     max_running: int | None = None
     max_running_per_key: int | None = None
     rate_limit: str | None = None
+    default_priority: int | None = None
+    """The priority of its new tasks that give none (and whose handler names none)."""
     updated_at: datetime | None = None
 
     @property
@@ -110,10 +112,12 @@ class QueueGates:
         return None if self.rate_limit is None else Rate.parse(self.rate_limit)
 
 
-LIMIT_FIELDS = ("max_running", "max_running_per_key", "rate_limit")
-"""The limits (what the settings may give a queue)."""
+LIMIT_FIELDS = ("max_running", "max_running_per_key", "rate_limit", "default_priority")
+"""The limits and the default priority (what the settings may give a queue)."""
 GATE_FIELDS = ("paused", *LIMIT_FIELDS)
 """What ``PATCH /queues/{name}`` may change."""
+PRIORITY_RANGE = (-1000, 1000)
+"""The lowest and the highest priority a task (or a default) may have."""
 
 
 async def change_gates(store: TaskStore, queue: str, changes: Mapping[str, Any]) -> QueueGates:

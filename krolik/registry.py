@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from krolik.errors import ConfigurationError, UnknownHandler
+from krolik.flow import PRIORITY_RANGE
 
 JSON = Any
 HandlerFunc = Callable[..., Any]
@@ -73,6 +74,9 @@ class Handler:
     wants_context: bool = False
     is_async: bool = True
     schedule: CodeSchedule | None = None
+    priority: int | None = None
+    """Its new tasks' priority when a submit gives none (written to ``krolik_handlers``
+    by the workers that have it)."""
 
     async def run(self, payload: JSON, context: TaskContext) -> JSON:
         """Run the handler; a plain function runs in a thread of its own."""
@@ -131,6 +135,7 @@ class Registry:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        priority: int | None = None,
         cron: str | None = None,
         every: float | None = None,
         tz: str = "UTC",
@@ -147,6 +152,7 @@ class Registry:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        priority: int | None = None,
         cron: str | None = None,
         every: float | None = None,
         tz: str = "UTC",
@@ -159,13 +165,21 @@ class Registry:
         With ``cron`` (in time zone ``tz``) or ``every`` (seconds), it is also run on that
         timetable with ``payload`` (on ``queue``), each tick exactly once whatever the
         number of workers; ``catch_up`` says what runs for ticks missed while no worker
-        ran: ``skip``, ``once`` or ``all``."""
+        ran: ``skip``, ``once`` or ``all``. ``priority`` is the priority of its tasks
+        whose submit gives none (higher starts first; the queue's default comes next)."""
         schedule = None
         if cron is not None or every is not None:
             schedule = CodeSchedule(cron, every, tz, payload, queue, catch_up)
 
         def register(f: F) -> F:
-            self.add(f, name=name, max_attempts=max_attempts, timeout=timeout, schedule=schedule)
+            self.add(
+                f,
+                name=name,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                priority=priority,
+                schedule=schedule,
+            )
             return f
 
         return register(func) if func is not None else register
@@ -177,6 +191,7 @@ class Registry:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        priority: int | None = None,
         schedule: CodeSchedule | None = None,
     ) -> Handler:
         task_name = name or func.__name__
@@ -184,6 +199,9 @@ class Registry:
             raise ConfigurationError(f"max_attempts of {task_name!r} must be at least 1")
         if timeout is not None and timeout <= 0:
             raise ConfigurationError(f"timeout of {task_name!r} must be positive")
+        if priority is not None and not (PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]):
+            low, high = PRIORITY_RANGE
+            raise ConfigurationError(f"priority of {task_name!r} must be from {low} to {high}")
         if schedule is not None:
             _check_schedule(task_name, schedule)
         existing = self.handlers.get(task_name)
@@ -197,6 +215,7 @@ class Registry:
             wants_context="context" in inspect.signature(func).parameters,
             is_async=_is_async(func),
             schedule=schedule,
+            priority=priority,
         )
         self.handlers[task_name] = handler
         return handler

@@ -245,6 +245,7 @@ class QueueLimitDefaults(BaseModel):
     max_running: int | None = Field(None, ge=0, le=1_000_000)
     max_running_per_key: int | None = Field(None, ge=1, le=1_000_000)
     rate_limit: str | None = None
+    default_priority: int | None = Field(None, ge=-1000, le=1000)
 
     @field_validator("rate_limit")
     @classmethod
@@ -256,8 +257,9 @@ class QueueLimitDefaults(BaseModel):
 
 class FlowSettings(BaseModel):
     queues: dict[str, QueueLimitDefaults] = Field(default_factory=dict)
-    """Queue limits to start from, e.g. ``{"partner": {"max_running": 5, "rate_limit":
-    "60/minute"}}``: written by each worker at start while the queue's limits are still
+    """Queue limits (and default priorities) to start from, e.g. ``{"partner":
+    {"max_running": 5, "rate_limit": "60/minute"}, "urgent": {"default_priority": 10}}``:
+    written by each worker at start while the queue's limits are still
     the settings' (a ``PATCH /queues/{name}`` takes them over from then on)."""
 
 

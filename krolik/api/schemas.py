@@ -93,10 +93,11 @@ class TaskCreate(BaseModel):
         "`unique_key` or this, a unique task's key is made of its whole payload.",
     )
     unique_running: bool = Field(False, description="The key is held while the task runs too.")
-    priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
-        0,
-        description="Higher starts first among the waiting tasks of a gated queue (one "
-        "paused or with a limit: see `PATCH /queues/{name}`).",
+    priority: Annotated[int, Field(ge=-1000, le=1000)] | None = Field(
+        None,
+        description="Higher starts first among the due tasks of its queue. Not given: "
+        "its handler's default (`@task(priority=...)`), else its queue's "
+        "(`default_priority`, see `PATCH /queues/{name}`), else 0.",
     )
     concurrency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         None,

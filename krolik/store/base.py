@@ -302,6 +302,11 @@ class TaskStore(ABC):
         are still the settings' (or not set at all); the queues written."""
 
     @abstractmethod
+    async def declare_handlers(self, priorities: Mapping[str, int | None]) -> None:
+        """Write what handlers' code declares for their new tasks (their default
+        priority, None: none), read by every insert of a task of that name."""
+
+    @abstractmethod
     async def claim_held(
         self,
         queue: str,

@@ -106,7 +106,9 @@ WITH new AS (
     SELECT n, q, p::jsonb, 'pending', 0, m, t, r, c, w, tp, false,
            coalesce(ra, clock_timestamp() + make_interval(secs => d)),
            coalesce(ea, clock_timestamp() + make_interval(secs => ei)),
-           pr, ck, clock_timestamp(), clock_timestamp()
+           coalesce(pr, (SELECT h.priority FROM krolik_handlers h WHERE h.name = n),
+                    (SELECT g.default_priority FROM krolik_queues g WHERE g.name = q), 0),
+           ck, clock_timestamp(), clock_timestamp()
     FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::text[],
         $7::text[], $8::timestamptz[], $9::float8[], $10::text[], $11::text[],

@@ -45,8 +45,9 @@ class NewTask:
     unique_running: bool = False
     unique_replace: bool = False
     """A pending holder takes this task's payload and run time instead (debounce)."""
-    priority: int = 0
-    """Higher starts first where the queue's gates choose (``krolik_queues``)."""
+    priority: int | None = None
+    """Higher starts first; None: the handler's default (``krolik_handlers``), else the
+    queue's (``krolik_queues.default_priority``), else 0, chosen by the insert itself."""
     concurrency_key: str | None = None
     """Counted against the queue's ``max_running_per_key`` (e.g. the tenant)."""
 

@@ -194,6 +194,9 @@ queues = Table(
     Column("rate_window_seconds", Float, nullable=True),
     # A queue with a limit per key walks its keys round: the last key that got a start.
     Column("key_cursor", Text, nullable=True),
+    # The priority of the queue's new tasks that give none (and whose handler names
+    # none): a queue of urgent work outranks the others without each submit saying so.
+    Column("default_priority", Integer, nullable=True),
     # True while the limits are those the settings gave (APP__FLOW__QUEUES): a worker's
     # start writes them again; a change through the API takes them over.
     Column("declared", Boolean, nullable=False, server_default=text("false")),
@@ -202,6 +205,17 @@ queues = Table(
     CheckConstraint(
         "max_running_per_key IS NULL OR max_running_per_key >= 1", name="max_running_per_key"
     ),
+)
+
+handlers = Table(
+    "krolik_handlers",
+    metadata,
+    # What a handler's code declares for its new tasks (``@task(priority=...)``),
+    # written by each worker that has it at start: the API, which has no handlers,
+    # reads it in the statement that inserts a task.
+    Column("name", Text, primary_key=True),
+    Column("priority", Integer, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
 )
 
 queue_starts = Table(

@@ -165,6 +165,11 @@ class Worker:
     async def start(self) -> None:
         await self.broker.connect()
         await self.store.register_worker(self.describe())
+        # The handlers' defaults for new tasks, for the API (which has no handlers) to
+        # apply in the statement that inserts a task.
+        await self.store.declare_handlers(
+            {handler.name: handler.priority for handler in self.registry.handlers.values()}
+        )
         self._accepting = True
         self._grace_over = False
         self.keeper.start()

@@ -122,6 +122,15 @@ async def counted(payload: Any) -> Any:
     return payload.get("tag")
 
 
+URGENT = "contract.urgent"
+
+
+@handlers.task(name=URGENT, priority=7)
+async def urgent(payload: Any) -> Any:
+    """A handler whose tasks start at priority 7 when their submit names none."""
+    return payload
+
+
 @pytest.fixture
 async def production_client(
     api: httpx.AsyncClient,

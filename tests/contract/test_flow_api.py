@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.contract.http import COUNTED, SLEEPS, Running, submit, wait_for
+from tests.contract.http import COUNTED, SLEEPS, URGENT, Running, submit, wait_for
 
 
 async def the_queue(client: httpx.AsyncClient) -> str:
@@ -156,6 +156,8 @@ async def test_bad_limits_are_422_with_a_message(client: httpx.AsyncClient) -> N
         ({"max_running_per_key": 2**70}, "less than or equal to 1000000"),
         ({"rate_limit": "163328086890616291328/minute"}, "at most 1,000,000 starts"),
         ({"paused": None}, "boolean"),
+        ({"default_priority": 1001}, "less than or equal to 1000"),
+        ({"default_priority": "high"}, "valid integer"),
     ]:
         response = await client.patch(f"/queues/{queue}", json=body)
         assert response.status_code == 422, (body, response.text)
@@ -168,4 +170,30 @@ async def test_bad_limits_are_422_with_a_message(client: httpx.AsyncClient) -> N
         "max_running": None,
         "max_running_per_key": None,
         "rate_limit": None,
+        "default_priority": None,
     }
+
+
+async def test_a_task_without_a_priority_takes_its_handlers_then_its_queues(
+    client: httpx.AsyncClient,
+) -> None:
+    queue = await the_queue(client)
+    detail = await change(client, queue, default_priority=3)
+    assert detail["limits"]["default_priority"] == 3
+    # The worker wrote its handlers' defaults at start: URGENT's is 7.
+    assert (await submit(client, name=URGENT, payload=1))["priority"] == 7
+    assert (await submit(client, name="echo", payload=1))["priority"] == 3
+    assert (await submit(client, name=URGENT, payload=1, priority=-2))["priority"] == -2
+    await change(client, queue, default_priority=None)
+    plain = await submit(client, name="echo", payload=1)
+    assert plain["priority"] == 0
+    await wait_for(client, plain["id"], "done")
+    response = await client.post(
+        "/tasks/batch", json={"tasks": [{"name": URGENT, "payload": 1}, {"payload": "x"}]}
+    )
+    assert response.status_code == 201, response.text
+    priorities = [
+        (await client.get(f"/tasks/{task_id}")).json()["priority"]
+        for task_id in response.json()["task_ids"]
+    ]
+    assert priorities == [7, 0]

@@ -59,6 +59,10 @@ async def test_a_queue_is_paused_limited_and_resumed(
     assert (await store.get(held.task.id)).held is None  # type: ignore[union-attr]
     run(krolik, "set", "emails", "--max-running", "none")
     assert (await store.get_gates("emails")).max_running is None
+    said = run(krolik, "set", "emails", "--default-priority", "-5")
+    assert said.strip().endswith("default_priority -5")
+    [task] = await store.enqueue([NewTask(name="echo", queue="emails", payload=2)])
+    assert task.task.priority == -5
 
 
 def test_mistakes_are_errors_with_a_message(
@@ -67,3 +71,6 @@ def test_mistakes_are_errors_with_a_message(
     assert "not a rate limit" in run(krolik, "set", "q", "--rate-limit", "often", code=1)
     assert "takes a number from 1" in run(krolik, "set", "q", "--max-running-per-key", "0", code=1)
     assert "nothing to change" in run(krolik, "set", "q", code=1)
+    for wrong in ("1001", "high"):
+        said = run(krolik, "set", "q", "--default-priority", wrong, code=1)
+        assert "--default-priority takes a number from -1000 to 1000" in said

@@ -168,6 +168,25 @@ def test_bad_timeout_rejected(timeout):
     assert "t" not in registry
 
 
+@pytest.mark.parametrize("priority", [1001, -1001])
+def test_a_priority_out_of_range_rejected(priority):
+    registry = Registry()
+    with pytest.raises(ConfigurationError, match="priority of 't' must be from -1000 to 1000"):
+        registry.add(lambda payload: payload, name="t", priority=priority)
+    assert "t" not in registry
+
+
+def test_a_handler_declares_its_tasks_default_priority():
+    registry = Registry()
+
+    @registry.task(priority=5)
+    async def urgent(payload):
+        return payload
+
+    assert registry.get("urgent").priority == 5
+    assert registry.add(lambda payload: payload, name="plain").priority is None
+
+
 def test_unknown_name_raises():
     with pytest.raises(UnknownHandler, match="nope"):
         Registry().get("nope")

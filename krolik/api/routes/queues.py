@@ -17,7 +17,7 @@ from krolik.api.deps import BrokerDep, ReadsDep, SettingsDep, StoreDep
 from krolik.api.errors import GUARDED_RESPONSES
 from krolik.api.schemas import QUEUE_PATTERN, Problem, ValidationProblem
 from krolik.errors import BrokerError
-from krolik.flow import GATE_FIELDS, MOST, QueueGates, Rate, change_gates
+from krolik.flow import GATE_FIELDS, MOST, PRIORITY_RANGE, QueueGates, Rate, change_gates
 from krolik.store.base import TaskStore
 
 router = APIRouter(tags=["queues"], responses=GUARDED_RESPONSES)
@@ -50,6 +50,14 @@ class QueueLimits(BaseModel):
         max_length=100,
         description='At most that many starts in any window, cluster-wide ("60/minute", '
         '"10 per 2 seconds").',
+    )
+
+    default_priority: int | None = Field(
+        None,
+        ge=PRIORITY_RANGE[0],
+        le=PRIORITY_RANGE[1],
+        description="The priority of the queue's new tasks that give none and whose "
+        "handler declares none (`@task(priority=...)`); null: 0.",
     )
 
     @field_validator("rate_limit")

@@ -37,7 +37,7 @@ from krolik.flow import GATE_FIELDS, LIMIT_FIELDS, Hold, QueueGates, Rate
 from krolik.store.records import Task
 from krolik.store.sql.core import PENDING, PROCESSING, SqlCore
 from krolik.store.sql.rows import aware, row_to_task
-from krolik.store.tables import queue_starts, queues, tasks
+from krolik.store.tables import handlers, queue_starts, queues, tasks
 
 WAKE_BATCH = 1000
 """Held tasks dispatched again per statement when a gate opens wide (a resume)."""
@@ -73,6 +73,7 @@ def gates_of(row: Mapping[Any, Any] | None, name: str) -> QueueGates:
         max_running=row["max_running"],
         max_running_per_key=row["max_running_per_key"],
         rate_limit=row["rate_limit"],
+        default_priority=row["default_priority"],
         updated_at=aware(row["updated_at"]),
     )
 
@@ -676,6 +677,25 @@ class FlowStatements(SqlCore):
                 if (await conn.execute(stmt)).first() is not None:
                     written.append(queue)
         return written
+
+    async def declare_handlers(self, priorities: Mapping[str, int | None]) -> None:
+        if not priorities:
+            return
+        rows = [
+            {"name": name, "priority": priority, "updated_at": self.dialect.clock()}
+            for name, priority in sorted(priorities.items())
+        ]
+        stmt = self.dialect.insert(handlers).values(rows)
+        async with self._tx() as conn:
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[handlers.c.name],
+                    set_={
+                        "priority": stmt.excluded.priority,
+                        "updated_at": stmt.excluded.updated_at,
+                    },
+                )
+            )
 
     async def held_counts(self) -> dict[str, dict[str, int]]:
         stmt = (

@@ -24,13 +24,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import Float
+from sqlalchemy.types import Float, Integer, Text
 
 from krolik.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
 from krolik.store.records import Attempt, Enqueued, NewTask, Task, TaskFilter
 from krolik.store.sql.core import CANCELLED, EXPIRED, FAILED, PENDING, PROCESSING, SqlCore
 from krolik.store.sql.rows import row_to_attempt, row_to_task
-from krolik.store.tables import Timestamp, attempts, outbox, tasks
+from krolik.store.tables import Timestamp, attempts, handlers, outbox, queues, tasks
 
 
 def key_scope(new: NewTask) -> str:
@@ -109,6 +109,7 @@ class TaskStatements(SqlCore):
             "run_at": self._due_at(),
             "expires_at": self._expires_at(),
             "unique_until": self._unique_until(),
+            "priority": self._priority(),
             "created_at": now,
             "updated_at": now,
         }
@@ -136,7 +137,9 @@ class TaskStatements(SqlCore):
             "p_delay": float(new.delay_seconds or 0),
             "p_expires_at": new.expires_at.astimezone(UTC) if new.expires_at is not None else None,
             "p_expires_in": new.expires_in_seconds,
-            "priority": new.priority,
+            "p_priority": new.priority,
+            "p_handler": new.name,
+            "p_queue": new.queue,
             "concurrency_key": new.concurrency_key,
         }
 
@@ -145,6 +148,20 @@ class TaskStatements(SqlCore):
         return func.coalesce(
             bindparam("p_run_at", type_=Timestamp),
             self.dialect.later_by(bindparam("p_delay", type_=Float)),
+        )
+
+    def _priority(self) -> ColumnElement[int]:
+        """A new task's priority: the ``p_priority`` given, else its handler's default,
+        else its queue's, else 0 (defaults are data: the API has no handlers to ask)."""
+        return func.coalesce(
+            bindparam("p_priority", type_=Integer),
+            select(handlers.c.priority)
+            .where(handlers.c.name == bindparam("p_handler", type_=Text))
+            .scalar_subquery(),
+            select(queues.c.default_priority)
+            .where(queues.c.name == bindparam("p_queue", type_=Text))
+            .scalar_subquery(),
+            0,
         )
 
     def _expires_at(self) -> ColumnElement[datetime]:

@@ -14,7 +14,7 @@ from sqlalchemy import update
 from krolik.flow import Hold, change_gates
 from krolik.states import TaskStatus
 from krolik.store.base import TaskStore
-from krolik.store.records import RunRef
+from krolik.store.records import NewTask, RunRef
 from krolik.store.sql.store import SqlTaskStore
 from krolik.store.tables import queue_starts
 from krolik.waker import Waker
@@ -339,3 +339,34 @@ async def test_after_a_gated_claim_ungated_queues_claim_as_before(any_store: Tas
     assert await claim_ids(any_store, [plain[0]]) == [high]  # it outranks the one named
     assert await claim_ids(any_store, plain) == plain
     assert await claim_ids(any_store, plain) == []  # claimed once only
+
+
+async def test_a_new_task_takes_its_handlers_default_priority_else_its_queues(
+    any_store: TaskStore,
+) -> None:
+    await any_store.declare_handlers({"echo": 4, "other": None})
+    await any_store.set_gates(QUEUE, {"default_priority": 2})
+    assert (await add(any_store)).priority == 4
+    assert (await add(any_store, name="other")).priority == 2
+    assert (await add(any_store, name="other", queue="elsewhere")).priority == 0
+    assert (await add(any_store, priority=-1)).priority == -1
+    assert (await add(any_store, idempotency_key="k1")).priority == 4  # the keyed insert
+    batch = await any_store.enqueue(
+        [
+            NewTask(name="echo", queue=QUEUE, payload=1),
+            NewTask(name="other", queue=QUEUE, payload=2, priority=9),
+            NewTask(name="other", queue=QUEUE, payload=3),
+        ]
+    )
+    assert [item.task.priority for item in batch] == [4, 9, 2]
+    # A worker with other code writes its own: the handler's default is data too.
+    await any_store.declare_handlers({"echo": None})
+    assert (await add(any_store)).priority == 2
+    assert (await any_store.get_gates(QUEUE)).default_priority == 2
+
+
+async def test_the_settings_give_a_queue_its_default_priority(any_store: TaskStore) -> None:
+    assert await any_store.declare_gates({"urgent": {"default_priority": 10}}) == ["urgent"]
+    gates = await any_store.get_gates("urgent")
+    assert (gates.default_priority, gates.gated) == (10, False)  # a default is not a gate
+    assert (await add(any_store, queue="urgent")).priority == 10
