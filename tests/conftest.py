@@ -204,7 +204,7 @@ async def store(settings: Settings) -> AsyncIterator[PostgresTaskStore]:
         await conn.execute(
             text(
                 "TRUNCATE krolik_outbox, krolik_tasks, krolik_workers, krolik_schedules, "
-                "krolik_queues RESTART IDENTITY CASCADE"
+                "krolik_queues, krolik_handlers RESTART IDENTITY CASCADE"
             )
         )
     yield the_store

@@ -54,7 +54,7 @@ async def postgres_store(postgres_engine_store: PostgresTaskStore) -> PostgresTa
             text(
                 "TRUNCATE krolik_outbox, krolik_attempts, krolik_deliveries, krolik_tasks, "
                 "krolik_workers, krolik_schedules, krolik_schedule_ticks, "
-                "krolik_api_keys, krolik_queues, krolik_queue_starts "
+                "krolik_api_keys, krolik_queues, krolik_queue_starts, krolik_handlers "
                 "RESTART IDENTITY CASCADE"
             )
         )
