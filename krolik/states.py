@@ -120,7 +120,8 @@ ALLOWED: dict[Transition, tuple[frozenset[TaskStatus], frozenset[TaskStatus]]] =
 
 TRANSITIONS: dict[Transition, tuple[str, ...]] = {
     Transition.CLAIM: ("claim_many", "claim_held"),
-    Transition.COMPLETE: ("complete_many",),
+    # complete_and_claim_held also claims its queue's held tasks, as claim_held does
+    Transition.COMPLETE: ("complete_many", "complete_and_claim_held"),
     Transition.FAIL: ("fail",),
     Transition.RETRY_LATER: ("retry_later",),
     Transition.RELEASE: ("release",),

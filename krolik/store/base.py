@@ -302,6 +302,22 @@ class TaskStore(ABC):
         are still the settings' (or not set at all); the queues written."""
 
     @abstractmethod
+    async def complete_and_claim_held(
+        self,
+        run: RunRef,
+        result: Any,
+        queue: str,
+        most: int,
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> tuple[bool, list[Task]]:
+        """``complete`` a run of a gated queue and, in the same commit, ``claim_held``
+        up to ``most`` tasks of its queue (when it completed): the slot it frees is taken
+        with no moment in which it is free for nobody and no round trip between. Whether
+        it completed, and what was claimed."""
+
+    @abstractmethod
     async def declare_handlers(self, priorities: Mapping[str, int | None]) -> None:
         """Write what handlers' code declares for their new tasks (their default
         priority, None: none), read by every insert of a task of that name."""

@@ -199,8 +199,8 @@ SELECT EXISTS (
 paused nor at its cap as far as this snapshot sees (read without the lock; a slot that
 frees meanwhile is taken by the run that freed it, or woken by the waker)."""
 
-COMPLETE_MANY_SQL = """
-WITH done AS (
+COMPLETED = """
+done AS (
     UPDATE krolik_tasks AS t
     SET status = 'done',
         result = c.result::jsonb,
@@ -217,10 +217,27 @@ WITH done AS (
     INSERT INTO krolik_attempts
         (task_id, run_token, attempt, worker_id, started_at, finished_at, outcome)
     SELECT id, run_token, attempts, worker_id, started_at, finished_at, 'succeeded' FROM done
-)
+)"""
+"""Runs ended done ($1 ids, $2 tokens, $3 results), each with its attempt record."""
+COMPLETE_MANY_SQL = f"""
+WITH {COMPLETED}
 SELECT id, run_token FROM done
 """
-"""Each completed run's attempt record is written by the same statement."""
+
+COMPLETE_AND_CLAIM_HELD_SQL = """
+WITH {completed}
+SELECT d.completed, {columns}
+FROM (SELECT count(*) AS completed FROM done) AS d
+LEFT JOIN LATERAL (
+    SELECT * FROM krolik_claim_held($4, $5, $6, $7, $8::text[], $9::int[])
+    WHERE d.completed > 0
+) AS t ON true
+""".format(completed=COMPLETED, columns=returning("t"))
+"""A gated run's end and the claim of the best held tasks into its slot, in one statement
+and one commit. The claim runs once the completion has (the aggregate over ``done`` comes
+first) and its function's statements see it, as a volatile function's see the changes of
+the statement that calls it; were that ever not so, the claim would count the run as still
+running and take one task fewer, never one too many."""
 
 
 # The relay's two statements, on the path of every task from commit to worker.
@@ -576,6 +593,39 @@ class PostgresTaskStore(SqlTaskStore):
         if records:
             self._gated_claim_at = time.monotonic()
         return [replace(record_to_task(record), gated=True) for record in records]
+
+    async def complete_and_claim_held(
+        self,
+        run: RunRef,
+        result: Any,
+        queue: str,
+        most: int,
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> tuple[bool, list[Task]]:
+        if most <= 0 or not handlers:
+            return await self.complete(run, result), []
+        records = await self._fetch(
+            COMPLETE_AND_CLAIM_HELD_SQL,
+            [run.task_id],
+            [run.token],
+            [json_dumps(result)],
+            queue,
+            most,
+            worker_id,
+            float(lease_seconds),
+            list(handlers),
+            list(handlers.values()),
+        )
+        claimed = [
+            replace(record_to_task(tuple(record)[1:]), gated=True)
+            for record in records
+            if record[1] is not None
+        ]
+        if claimed:
+            self._gated_claim_at = time.monotonic()
+        return bool(records[0][0]), claimed
 
     async def wake(self, queue: str) -> int:
         [worth] = await self._fetch(MAY_WAKE_SQL, queue)  # the common answer, no, at once

@@ -12,6 +12,7 @@ the wait for the connection would be short by that wait.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,21 +140,38 @@ class SqliteTaskStore(SqlTaskStore):
         return await self._with_gated_claims(task_ids, answers, worker_id, lease_seconds, handlers)
 
     async def complete_many(self, completions: Sequence[tuple[RunRef, Any]]) -> list[bool]:
-        answers: list[bool] = []
         async with self._tx() as conn:
-            for run, result in completions:
-                answers.append(
-                    await self._finish_on(
-                        conn,
-                        run,
-                        AttemptOutcome.SUCCEEDED,
-                        status=DONE,
-                        result=result,
-                        error=None,
-                        traceback=None,
-                    )
+            return [await self._complete_on(conn, run, result) for run, result in completions]
+
+    async def _complete_on(self, conn: AsyncConnection, run: RunRef, result: Any) -> bool:
+        return await self._finish_on(
+            conn,
+            run,
+            AttemptOutcome.SUCCEEDED,
+            status=DONE,
+            result=result,
+            error=None,
+            traceback=None,
+        )
+
+    async def complete_and_claim_held(
+        self,
+        run: RunRef,
+        result: Any,
+        queue: str,
+        most: int,
+        worker_id: str,
+        lease_seconds: float,
+        handlers: Mapping[str, int],
+    ) -> tuple[bool, list[Task]]:
+        claimed: list[Task] = []
+        async with self._tx() as conn:
+            done = await self._complete_on(conn, run, result)
+            if done and most > 0 and handlers and await self._holds_any(conn, queue):
+                claimed = await self._claim_in_queue(
+                    conn, queue, [], worker_id, lease_seconds, handlers, wanted=most
                 )
-        return answers
+        return done, [replace(task, gated=True) for task in claimed]
 
     async def claim_outbox(
         self, limit: int, claim_seconds: float, *, skip_queues: Sequence[str] = ()

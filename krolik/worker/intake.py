@@ -12,9 +12,11 @@ acked, requeued after a pause, or dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from krolik.batching import MicroBatcher
 from krolik.broker.base import Delivery
@@ -26,7 +28,8 @@ from krolik.registry import Registry
 from krolik.settings import WorkerSettings
 from krolik.states import TaskStatus
 from krolik.store.base import TaskStore
-from krolik.store.records import Task
+from krolik.store.records import RunRef, Task
+from krolik.worker.handover import Handover
 from krolik.worker.peers import Peers
 from krolik.worker.slots import Slots
 from krolik.worker.stats import WorkerStats
@@ -194,39 +197,58 @@ class Intake:
         seen = self._holding.get(queue)
         return seen is not None and time.monotonic() - seen < HOLDING_MEMORY_SECONDS
 
-    async def take_held(self, queue: str, *, slot: bool = False) -> bool:
-        """A run of a gated queue ended here: its slot goes to the best task the queue
-        holds, claimed by this worker at once (no message, no relay in between). With no
-        slot free here, or none of the held tasks for this worker's handlers, the queue
-        is woken for any worker. Only for a queue seen holding tasks lately.
+    async def offer_slot(self, queue: str) -> Handover | None:
+        """A run of a gated queue is ending here: its slot, and up to ``HELD_TAKE`` - 1
+        free slots beside it (a slot of the cap that a lost wake-up left empty is filled
+        too), offered to the best tasks the queue holds. None for a queue not seen holding
+        tasks lately (its runs' ends cost no statement) or a worker that stopped taking
+        tasks."""
+        if not self.may_hold(queue) or not self._accepting():
+            return None
+        extra = await self._slots.take(HELD_TAKE - 1) if self._slots.ready else 0
+        return Handover(queue, extra, functools.partial(self._complete_and_claim, queue))
 
-        ``slot``: the caller holds a slot and offers it; True when a new run took it."""
-        if not self.may_hold(queue):
-            return False
-        if self._accepting() and (slot or self._slots.ready):
-            # Free slots here beside the one offered: a slot of the cap that a lost
-            # wake-up left empty is filled too, not only the one this run frees.
-            extra = await self._slots.take(HELD_TAKE - slot) if self._slots.ready else 0
-            offered = extra + slot
+    async def _complete_and_claim(
+        self, queue: str, run: RunRef, result: Any, most: int
+    ) -> tuple[bool, list[Task]]:
+        self.claiming += 1
+        try:
+            return await self.store.complete_and_claim_held(
+                run, result, queue, most, self.worker_id, self.lease_seconds, self.handler_defaults
+            )
+        finally:
+            self.claiming -= 1
+
+    async def hand_over(self, handover: Handover) -> bool:
+        """Start the runs the completion claimed into the offered slots, or, when the
+        run ended otherwise, claim the best held tasks now; the slots not used go back.
+        With none claimed, the queue is woken for any worker. True when the run's own
+        slot went to a new run."""
+        claimed = handover.claimed
+        if claimed is None:
             self.claiming += 1
             try:
                 claimed = await self.store.claim_held(
-                    queue, offered, self.worker_id, self.lease_seconds, self.handler_defaults
+                    handover.queue,
+                    handover.offered,
+                    self.worker_id,
+                    self.lease_seconds,
+                    self.handler_defaults,
                 )
             except BaseException:
-                self._slots.give(extra)
+                self._slots.give(handover.extra)
                 raise
             finally:
                 self.claiming -= 1
-            # The offered slot is the first one used; the others not used go back.
-            self._slots.give(min(extra, offered - len(claimed)))
-            for task in claimed:
-                self._start_run(task)
-            self._changed()
-            if claimed:
-                self.saw_held(queue)
-                return slot
-        await self.store.wake(queue)
+        # The run's own slot is the first one used; the others not used go back.
+        self._slots.give(min(handover.extra, handover.offered - len(claimed)))
+        for task in claimed:
+            self._start_run(task)
+        self._changed()
+        if claimed:
+            self.saw_held(handover.queue)
+            return True
+        await self.store.wake(handover.queue)
         return False
 
     async def _claim_many(self, task_ids: Sequence[int]) -> list[Task | None]:

@@ -22,6 +22,7 @@ from krolik.store.base import TaskStore
 from krolik.store.records import RunRef
 from krolik.worker.decision import Verdict, decide
 from krolik.worker.executor import Outcome, OutcomeKind, Run
+from krolik.worker.handover import Handover
 from krolik.worker.stats import WorkerStats
 
 log = get_logger(__name__)
@@ -58,17 +59,19 @@ class Recorder:
             store.complete_many
         )
 
-    async def record(self, run: Run, outcome: Outcome) -> str:
+    async def record(self, run: Run, outcome: Outcome, handover: Handover | None = None) -> str:
         """Write the outcome with the guarded transition it calls for; say what was recorded.
 
         A success is logged at DEBUG (the store and the metrics record every run);
-        everything else that happens to a run is logged at INFO or above.
+        everything else that happens to a run is logged at INFO or above. With
+        ``handover`` (a gated run's slot), a success is written by the statement that
+        also claims the next held tasks into the slot.
         """
         ref, task = run.ref, run.task
         decision = decide(outcome, ref.attempt, task.max_attempts or 1, self.backoff)
         if decision.verdict is Verdict.COMPLETE:
             try:
-                completed = await self._complete(ref, outcome.result)
+                completed = await self._complete(ref, outcome.result, handover)
             except Exception as exc:
                 # The store refused the result itself (not a passing outage): to the
                 # task, that is a failure of this run, retried as any other.
@@ -137,8 +140,15 @@ class Recorder:
         logger.info("task_cancelled", reason="cancel requested while it ran", **fields)
         return "cancelled"
 
-    async def _complete(self, ref: RunRef, result: Any) -> bool:
+    async def _complete(self, ref: RunRef, result: Any, handover: Handover | None) -> bool:
         """The common case first: one try, no closure; retried like any write if it fails."""
+        if handover is not None:
+            try:
+                return await handover.complete(ref, result)
+            except Exception as exc:
+                # One statement: nothing was written. The plain completion follows (and
+                # says whether the result itself is at fault); the slot's claim after it.
+                self._log.debug("handover_failed", task_id=ref.task_id, error=str(exc))
         try:
             return await self._completions.submit((ref, result))
         except (StoreUnavailable, StoreConflict):

@@ -34,6 +34,7 @@ from krolik.settings import Settings
 from krolik.store.base import TaskStore
 from krolik.store.records import RunRef, Task, WorkerInfo
 from krolik.worker.executor import Run, StopReason, execute
+from krolik.worker.handover import Handover
 from krolik.worker.intake import Intake
 from krolik.worker.lease_keeper import BeatReport, LeaseKeeper
 from krolik.worker.progress import ProgressWriter
@@ -274,27 +275,36 @@ class Worker:
         started = time.monotonic()
         slot_held = True
         passed_on = False
+        handover: Handover | None = None
         try:
             self.observer.task_started(task)
             self._log.debug("task_started", **log_fields(run))
             outcome = await execute(run)
-            # A run of a gated queue keeps its slot while its outcome is written: the slot
-            # goes to the best task the queue holds, claimed once the write frees a place
-            # under its gates.
-            if self._recording < self.concurrency and not task.gated:
+            if task.gated:
+                # A run of a gated queue keeps its slot while its outcome is written: the
+                # slot goes to the best task the queue holds, claimed by the statement that
+                # completes the run (or, for another outcome, once the write freed a place).
+                handover = await self.intake.offer_slot(task.queue)
+            elif self._recording < self.concurrency:
                 # The handler is done: its slot takes the next task while the outcome is
                 # written (the write waits for a shared statement). At most ``concurrency``
                 # runs are being recorded so, or a slow store would let claims run ahead.
                 self._recording += 1
                 self._slots.give()
                 slot_held = False
-            recorded = await self.recorder.record(run, outcome)
+            recorded = await self.recorder.record(run, outcome, handover)
+            if handover is not None:
+                offered, handover = handover, None
+                if await self._hand_over(offered):
+                    slot_held = passed_on = True
+            elif task.gated and self.intake.may_hold(task.queue):
+                await self._wake(task.queue)  # this worker is stopping: for the others
             self.observer.task_finished(task, recorded, time.monotonic() - started)
-            if task.gated and await self._wake_queue(task.queue, slot_held):
-                slot_held = passed_on = True
         except Exception:
             self._log.exception("task_run_crashed", **log_fields(run))
         finally:
+            if handover is not None:  # the outcome's write raised: the extra slots go back
+                self._slots.give(handover.extra)
             self.progress.forget(run.ref)
             self.keeper.untrack(run.ref)
             self.runs.pop(run.ref, None)
@@ -306,14 +316,20 @@ class Worker:
                 self._recording -= 1
             self._notify()
 
-    async def _wake_queue(self, queue: str, slot_held: bool) -> bool:
+    async def _wake(self, queue: str) -> None:
+        try:
+            await self.store.wake(queue)
+        except Exception as exc:
+            self._log.warning("wake_failed", queue=queue, error=str(exc))
+
+    async def _hand_over(self, handover: Handover) -> bool:
         """A run of a gated queue ended: its slot goes to the best held task at once
         (should this fail, the waker finds it within seconds). True when the slot the
         run held went to a new run."""
         try:
-            return await self.intake.take_held(queue, slot=slot_held)
+            return await self.intake.hand_over(handover)
         except Exception as exc:
-            self._log.warning("wake_failed", queue=queue, error=str(exc))
+            self._log.warning("wake_failed", queue=handover.queue, error=str(exc))
             return False
 
     # -- leases ----------------------------------------------------------------------

@@ -52,6 +52,8 @@ NOT_TRANSITIONS = {
     "next_tick_in",
     # flow control: a queue's gates are their own rows; what they hold stays pending
     "get_gates", "list_gates", "set_gates", "declare_gates", "held_queues", "held_counts",
+    # the handlers' defaults for new tasks: their own rows
+    "declare_handlers",
     # the single-item forms of claim_many and complete_many; the store's own life
     "claim", "complete", "open", "close", "ping", "sibling",
 }  # fmt: skip
@@ -162,6 +164,9 @@ async def _wake(store: TaskStore, task: Task, run: RunRef | None) -> Any:
 CALLS: dict[str, Call] = {
     "claim_many": lambda s, t, r: s.claim_many([t.id], "worker-b", 60, HANDLERS),
     "complete_many": lambda s, t, r: s.complete_many([(_run_of(t, r), "ok")]),
+    "complete_and_claim_held": lambda s, t, r: s.complete_and_claim_held(
+        _run_of(t, r), "ok", t.queue, 1, "worker-b", 60, HANDLERS
+    ),
     "fail": lambda s, t, r: s.fail(_run_of(t, r), "boom", None),
     "retry_later": lambda s, t, r: s.retry_later(_run_of(t, r), "again", None, 0),
     "release": lambda s, t, r: s.release(_run_of(t, r)),

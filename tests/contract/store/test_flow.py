@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import update
 
 from krolik.flow import Hold, change_gates
-from krolik.states import TaskStatus
+from krolik.states import AttemptOutcome, TaskStatus
 from krolik.store.base import TaskStore
-from krolik.store.records import NewTask, RunRef
+from krolik.store.records import NewTask, RunRef, TaskFilter
 from krolik.store.sql.store import SqlTaskStore
 from krolik.store.tables import queue_starts
 from krolik.waker import Waker
@@ -370,3 +370,61 @@ async def test_the_settings_give_a_queue_its_default_priority(any_store: TaskSto
     gates = await any_store.get_gates("urgent")
     assert (gates.default_priority, gates.gated) == (10, False)  # a default is not a gate
     assert (await add(any_store, queue="urgent")).priority == 10
+
+
+async def test_a_run_that_ends_hands_its_slot_over_in_the_same_commit(
+    any_store: TaskStore,
+) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 1})
+    ending, run = await take(any_store, await add(any_store))
+    low = (await add(any_store)).id
+    high = (await add(any_store, priority=3)).id
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, [low, high]) == []  # both held: the cap is full
+    done, claimed = await any_store.complete_and_claim_held(
+        run, {"ok": 1}, QUEUE, 4, WORKER, LEASE, HANDLERS
+    )
+    assert done
+    assert [(task.id, task.status, task.gated) for task in claimed] == [
+        (high, TaskStatus.PROCESSING, True)
+    ]  # the slot the run freed, and only that one: the cap is 1
+    finished = await current(any_store, ending.id)
+    assert (finished.status, finished.result) == (TaskStatus.DONE, {"ok": 1})
+    [attempt] = await any_store.attempts_of(ending.id)
+    assert attempt.outcome is AttemptOutcome.SUCCEEDED
+    assert await held(any_store, low) == Hold.MAX_RUNNING.value
+    assert await due_outbox(any_store) == []  # no message went out for the one claimed
+
+
+async def test_a_stale_run_hands_nothing_over(any_store: TaskStore) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 1})
+    _, run = await take(any_store, await add(any_store))
+    waiting = (await add(any_store)).id
+    await drain_outbox(any_store)
+    assert await claim_ids(any_store, [waiting]) == []
+    stale = RunRef(run.task_id, run.token + 1, run.attempt, OTHER_WORKER)
+    assert await any_store.complete_and_claim_held(
+        stale, "late", QUEUE, 1, OTHER_WORKER, LEASE, HANDLERS
+    ) == (False, [])
+    assert (await current(any_store, run.task_id)).status is TaskStatus.PROCESSING
+    assert await held(any_store, waiting) == Hold.MAX_RUNNING.value
+
+
+async def test_a_handover_takes_every_free_slot_of_the_cap_and_no_more(
+    any_store: TaskStore,
+) -> None:
+    await any_store.set_gates(QUEUE, {"max_running": 3})
+    _, run = await take(any_store, await add(any_store))
+    await take(any_store, await add(any_store))
+    ids = [(await add(any_store)).id for _ in range(4)]
+    await drain_outbox(any_store)
+    assert len(await claim_ids(any_store, ids)) == 1  # the third slot
+    done, claimed = await any_store.complete_and_claim_held(
+        run, None, QUEUE, 4, WORKER, LEASE, HANDLERS
+    )
+    assert done
+    assert len(claimed) == 1  # the slot freed; the other two run
+    running = await any_store.list_tasks(
+        TaskFilter(status=TaskStatus.PROCESSING), before_id=None, limit=10
+    )
+    assert len(running) == 3
