@@ -9,8 +9,18 @@ Write handlers with the ``task`` decorator and run them with ``krolik worker --a
         ...
 """
 
+from krolik.enqueue import enqueue, enqueue_many
 from krolik.registry import Registry, TaskContext, default_registry, task
 from krolik.snooze import Snooze
 
 __version__ = "0.1.0"
-__all__ = ["Registry", "Snooze", "TaskContext", "__version__", "default_registry", "task"]
+__all__ = [
+    "Registry",
+    "Snooze",
+    "TaskContext",
+    "__version__",
+    "default_registry",
+    "enqueue",
+    "enqueue_many",
+    "task",
+]

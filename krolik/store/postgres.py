@@ -58,7 +58,7 @@ def record_to_task(record: Any) -> Task:
     return Task(*values)
 
 
-def _enqueued(record: Any) -> Enqueued:
+def enqueued(record: Any) -> Enqueued:
     """A row of ENQUEUE_SQL: the task's columns, then the id of an outbox row handed over."""
     values = list(record)
     outbox_id = values.pop()
@@ -470,7 +470,7 @@ class PostgresTaskStore(SqlTaskStore):
         on the statement pool. A batch with keys takes the general path, in one
         transaction, where the same statement inserts its plain tasks."""
         if new_tasks and all(new.is_plain for new in new_tasks):
-            arguments = _enqueue_arguments(new_tasks, claim_outbox_seconds)
+            arguments = enqueue_arguments(new_tasks, claim_outbox_seconds)
             try:
                 records = await self._fetch(ENQUEUE_SQL, *arguments)
             except asyncpg.PostgresError:
@@ -479,7 +479,7 @@ class PostgresTaskStore(SqlTaskStore):
                 pass
             else:
                 # The statement pool's codecs already decoded the JSON columns.
-                return [_enqueued(record) for record in records]
+                return [enqueued(record) for record in records]
         return await super().enqueue(
             new_tasks, claim_outbox_seconds=claim_outbox_seconds, refuse_mismatch=refuse_mismatch
         )
@@ -487,9 +487,9 @@ class PostgresTaskStore(SqlTaskStore):
     async def _insert_plain(
         self, conn: AsyncConnection, new_tasks: Sequence[NewTask], claim_seconds: float | None
     ) -> list[Enqueued]:
-        arguments = tuple(_enqueue_arguments(new_tasks, claim_seconds))  # one set, not many
+        arguments = tuple(enqueue_arguments(new_tasks, claim_seconds))  # one set, not many
         result = await conn.exec_driver_sql(ENQUEUE_SQL, arguments)
-        return [_enqueued(row) for row in result.all()]
+        return [enqueued(row) for row in result.all()]
 
     async def claim_many(
         self,
@@ -697,7 +697,7 @@ class PostgresTaskStore(SqlTaskStore):
             raise
 
 
-def _enqueue_arguments(new_tasks: Sequence[NewTask], claim_seconds: float | None) -> list[Any]:
+def enqueue_arguments(new_tasks: Sequence[NewTask], claim_seconds: float | None) -> list[Any]:
     """ENQUEUE_SQL's arguments: one array per column, then the claim's seconds."""
     columns: tuple[list[Any], ...] = tuple([] for _ in range(15))
     for new in new_tasks:
