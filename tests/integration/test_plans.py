@@ -137,3 +137,78 @@ async def test_a_completion_reads_its_tasks_by_id_on_a_young_table(
     ids = list(range(1, 31))
     shown = await young_table_plan(store, COMPLETE_MANY_SQL, ids, [1] * 30, ["null"] * 30)
     assert scans_of_tasks(shown) == [BY_ID], shown
+
+
+# -- the gated claim's functions go to their rows by id too ------------------------------
+GATED_BACKLOG = [
+    # A capped queue with a backlog of 5,000 pending tasks, 100 of them held, on a young
+    # table: each statement of the functions that names tasks by id must read those rows,
+    # not every pending one (that cost grew with the backlog, under the queue's lock).
+    "INSERT INTO krolik_queues (name, max_running, updated_at) VALUES ('default', 5, now())",
+    "INSERT INTO krolik_tasks (name, queue, status, run_at, held, created_at, updated_at)"
+    " SELECT 'echo', 'default', 'pending', now() - interval '1 second',"
+    " CASE WHEN n <= 100 THEN 'max_running' END, now(), now()"
+    " FROM generate_series(1, 5000) AS n",
+    *YOUNG_TABLE,
+]
+EXPLAINED = [
+    "LOAD 'auto_explain'",
+    "SET LOCAL auto_explain.log_min_duration = 0",
+    "SET LOCAL auto_explain.log_nested_statements = on",
+    "SET LOCAL auto_explain.log_analyze = on",
+    "SET LOCAL auto_explain.log_level = 'notice'",
+]
+"""Every statement the functions run, with its plan as run, sent back as a notice."""
+
+
+async def nested_plans(store: PostgresTaskStore, sql: str, *args: Any) -> list[str]:
+    """The plans of the statements ``sql`` runs inside its functions, on the gated backlog
+    (rolled back after)."""
+    notices: list[str] = []
+    async with store.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        driver.add_log_listener(lambda _, message: notices.append(str(message)))
+        transaction = driver.transaction()
+        await transaction.start()
+        try:
+            for statement in GATED_BACKLOG + EXPLAINED:
+                await driver.execute(statement)
+            await driver.fetch(sql, *args)
+        finally:
+            await transaction.rollback()
+    return notices
+
+
+def filtering(plans: list[str], most: int = 100) -> list[str]:
+    """The plans of statements that read more than ``most`` rows they then filtered out."""
+    return [
+        text
+        for text in plans
+        if any(
+            int(line.rsplit(":", 1)[1]) > most
+            for line in text.splitlines()
+            if "Rows Removed by Filter:" in line
+        )
+    ]
+
+
+async def test_a_gated_claim_reads_the_tasks_named_by_id(store: PostgresTaskStore) -> None:
+    ids = list(range(4000, 4010))  # pending, not held, named by a message
+    plans = await nested_plans(
+        store,
+        "SELECT * FROM krolik_claim_gated($1::bigint[], 'w', 30, '{echo}', '{3}')",
+        ids,
+    )
+    assert len(plans) > 5, plans  # the functions' statements were explained
+    assert filtering(plans) == []
+
+
+async def test_a_claim_of_held_tasks_reads_no_pending_task_it_does_not_take(
+    store: PostgresTaskStore,
+) -> None:
+    plans = await nested_plans(
+        store, "SELECT * FROM krolik_claim_held('default', 1, 'w', 30, '{echo}', '{3}')"
+    )
+    assert len(plans) > 5, plans
+    assert filtering(plans) == []
