@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import PydanticSchemaGenerationError, TypeAdapter, ValidationError
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
 from krolik_client.errors import ValidationFailed
@@ -107,11 +107,12 @@ def _hints(task: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
-    """None for ``Any``, and for types pydantic cannot read (a ``Snooze`` in a handler's
-    return union): such a payload or result travels as plain JSON."""
+    """None for ``Any``, and for types pydantic refuses (a ``Snooze`` in a handler's return
+    union; before Python 3.12, a ``typing.TypedDict``, where ``typing_extensions.TypedDict``
+    is taken): such a payload or result travels as plain JSON, unchecked."""
     if annotation is Any:
         return None
     try:
         return TypeAdapter(annotation)
-    except PydanticSchemaGenerationError:
+    except PydanticUserError:  # PydanticSchemaGenerationError included
         return None

@@ -65,7 +65,7 @@ class Retries:
         return None if tries + 1 >= self.attempts else self.backoff_for(tries)
 
     def backoff_for(self, tries: int) -> float:
-        ceiling = min(self.backoff_max, self.backoff * 2**tries)
+        ceiling = min(self.backoff_max, self.backoff * 2.0**tries)
         return ceiling * random.uniform(0.5, 1.0)
 
 

@@ -60,7 +60,7 @@ def schedule_changes(changes: ScheduleChanges) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for key in ("cron", "tz", "catch_up", "paused"):
         if key in changes:
-            body[key] = changes[key]  # type: ignore[literal-required]
+            body[key] = changes[key]
     if "every" in changes:
         body["every_seconds"] = seconds(changes["every"])
     if "task" in changes:
