@@ -23,6 +23,8 @@ F = TypeVar("F", bound=HandlerFunc)
 ProgressSink = Callable[[float | None, str | None], None]
 
 MAX_PROGRESS_MESSAGE = 1000
+TASK_NAME_ATTRIBUTE = "__krolik_task_name__"
+"""Set on each registered function: the name a client submits it by (``krolik_client``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,8 @@ class Registry:
             priority=priority,
         )
         self.handlers[task_name] = handler
+        with contextlib.suppress(AttributeError):  # a bound method takes no attributes
+            setattr(func, TASK_NAME_ATTRIBUTE, task_name)
         return handler
 
     def get(self, name: str) -> Handler:
