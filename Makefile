@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -e ".[dev]" -e ./clients/python
 	touch $@
 
 install: $(VENV)/.installed ## Create the venv and install Krolik with its dev tools
@@ -24,9 +24,9 @@ test-quick: install ## Run the tests but the slow ones (chaos, clusters, browser
 	$(PY) -m pytest -m "not slow"
 
 lint: install ## ruff and mypy, as CI runs them
-	$(VENV)/bin/ruff check krolik tests bench
-	$(VENV)/bin/ruff format --check krolik tests bench
-	$(VENV)/bin/mypy krolik
+	$(VENV)/bin/ruff check krolik tests bench clients
+	$(VENV)/bin/ruff format --check krolik tests bench clients
+	$(VENV)/bin/mypy krolik clients/python/src
 
 format: install ## Format the code and fix what ruff can
 	$(VENV)/bin/ruff format krolik tests bench

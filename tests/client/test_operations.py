@@ -22,6 +22,8 @@ async def test_queue_limits_pause_and_resume(krolik: AsyncClient) -> None:
     lifted = await krolik.change_queue("reports", max_running=None)
     assert lifted.limits.max_running is None
     assert lifted.limits.rate_limit == "10/minute"  # what was not given stays
+    urgent = await krolik.change_queue("reports", default_priority=5)
+    assert urgent.limits.default_priority == 5
     assert (await krolik.pause_queue("reports")).limits.paused
     assert (await krolik.queue("reports")).limits.paused
     assert not (await krolik.resume_queue("reports")).limits.paused

@@ -153,6 +153,7 @@ class QueueLimits(Record):
     max_running: int | None = None
     max_running_per_key: int | None = None
     rate_limit: str | None = None
+    default_priority: int | None = None
 
 
 class QueueDetail(Record):

@@ -12,6 +12,7 @@ class QueueChanges(TypedDict, total=False):
     max_running: int | None
     max_running_per_key: int | None
     rate_limit: str | None  # "60/minute", "10 per 2 seconds"
+    default_priority: int | None  # of its tasks that give none
 
 
 def queue_changes(changes: QueueChanges) -> dict[str, Any]:
