@@ -15,7 +15,7 @@ import typer
 
 from krolik.access import Scope
 from krolik.builtin_tasks import builtin_registry
-from krolik.errors import ConfigurationError, InvalidTransition
+from krolik.errors import ConfigurationError, InvalidTransition, StoreError
 from krolik.flow import QueueGates
 from krolik.log import configure_logging, get_logger
 from krolik.node import Mode, Node, Role, build_store
@@ -521,11 +521,19 @@ def main() -> None:
     try:
         cli()
     except ConfigurationError as exc:
-        if sys.stderr.isatty():
-            typer.echo(f"error: {exc}", err=True)
-        else:
-            log.error("configuration_error", error=str(exc))
+        _say("configuration_error", exc)
         raise SystemExit(2) from None
+    except StoreError as exc:  # no database there, or one without Krolik's tables
+        _say("store_error", exc)
+        raise SystemExit(1) from None
+
+
+def _say(event: str, exc: Exception) -> None:
+    """A command's failure in one line: words for a person, a log line for a machine."""
+    if sys.stderr.isatty():
+        typer.echo(f"error: {exc}", err=True)
+    else:
+        log.error(event, error=str(exc))
 
 
 if __name__ == "__main__":
