@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from krolik.errors import ConfigurationError, UnknownHandler
 from krolik.flow import PRIORITY_RANGE
+from krolik.handler_types import dump_result, load_payload
 
 JSON = Any
 HandlerFunc = Callable[..., Any]
@@ -81,12 +82,17 @@ class Handler:
     by the workers that have it)."""
 
     async def run(self, payload: JSON, context: TaskContext) -> JSON:
-        """Run the handler; a plain function runs in a thread of its own."""
+        """Run the handler; a plain function runs in a thread of its own. The payload
+        goes in as the handler's annotation declares it (a pydantic model, a dataclass,
+        a TypedDict: ``PayloadRejected`` if it does not match), a model comes out as JSON."""
         kwargs = {"context": context} if self.wants_context else {}
+        given = load_payload(self.func, self.name, payload)
         if self.is_async:
-            result: Awaitable[JSON] = self.func(payload, **kwargs)
-            return await result
-        return await run_in_daemon_thread(functools.partial(self.func, payload, **kwargs))
+            result: Awaitable[JSON] = self.func(given, **kwargs)
+            return dump_result(await result)
+        return dump_result(
+            await run_in_daemon_thread(functools.partial(self.func, given, **kwargs))
+        )
 
 
 async def run_in_daemon_thread(call: Callable[[], Any]) -> Any:

@@ -49,7 +49,7 @@ def decide(
     if outcome.kind is OutcomeKind.SNOOZED:
         return Decision(Verdict.SNOOZE, outcome.snooze_seconds)
     if outcome.kind is OutcomeKind.FAILED:
-        if attempt < max_attempts:
+        if attempt < max_attempts and not outcome.permanent:
             return Decision(Verdict.RETRY, backoff.delay(attempt, rng))
         return Decision(Verdict.FAIL)
     if outcome.stop_reason is StopReason.CANCEL_REQUESTED:

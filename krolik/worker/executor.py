@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from krolik.handler_types import PayloadRejected
 from krolik.registry import Handler, ProgressSink, TaskContext
 from krolik.snooze import Snooze
 from krolik.store.records import RunRef, Task
@@ -38,6 +39,8 @@ class Outcome:
     traceback: str | None = None
     stop_reason: StopReason | None = None
     snooze_seconds: float = 0.0
+    permanent: bool = False
+    """A failure no retry can mend (a payload the handler's type refuses): failed at once."""
 
 
 @dataclass(slots=True)
@@ -103,6 +106,8 @@ async def execute(run: Run) -> Outcome:
         if run.stop_reason is not None:
             return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason)
         return Outcome(OutcomeKind.SNOOZED, snooze_seconds=snooze.seconds)
+    except PayloadRejected as exc:
+        return Outcome(OutcomeKind.FAILED, error=_storable(str(exc)), permanent=True)
     except Exception as exc:
         if run.stop_reason is not None:  # the handler turned the stop into an error
             return Outcome(OutcomeKind.STOPPED, stop_reason=run.stop_reason)

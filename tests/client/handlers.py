@@ -1,42 +1,21 @@
 """Handlers the client tests submit to, typed as an application would type them.
 
-The worker hands a handler its payload as JSON and stores what it returns as JSON
-(dataclasses included). TypedDicts and dataclass results need nothing more;
-``json_edges`` converts pydantic models at the handler's edge, both ways.
+The worker validates a handler's payload into its annotated type (a pydantic model, a
+dataclass, a TypedDict) and stores what it returns as JSON: the client's types and the
+worker's are the same on both ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import typing
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from typing_extensions import TypedDict  # what pydantic validates before Python 3.12
 
 from krolik.registry import Registry, TaskContext
 
 handlers = Registry()
-
-In = TypeVar("In")
-Out = TypeVar("Out")
-
-
-def json_edges(func: Callable[[In], Awaitable[Out]]) -> Callable[[In], Awaitable[Out]]:
-    """``func`` taking and returning its annotated types while the worker sees JSON."""
-    hints = typing.get_type_hints(func)
-    payload_type = TypeAdapter[Any](hints["payload"])
-    result_type = TypeAdapter[Any](hints["return"])
-
-    @functools.wraps(func)
-    async def run(payload: Any) -> Any:
-        result = await func(payload_type.validate_python(payload))
-        return result_type.dump_python(result, mode="json")
-
-    return run
 
 
 class ResizeIn(TypedDict):
@@ -70,7 +49,6 @@ class Receipt(BaseModel):
 
 
 @handlers.task(name="client.bill")
-@json_edges
 async def bill(payload: Invoice) -> Receipt:
     return Receipt(customer=payload.customer, total_cents=sum(payload.cents))
 

@@ -77,6 +77,19 @@ async def test_by_name_with_plain_json(krolik: AsyncClient) -> None:
     assert await handle.result(timeout=10) == {"url": "b.png", "width": 10, "height": 5}
 
 
+async def test_a_payload_sent_by_name_that_the_worker_refuses_fails_at_once(
+    krolik: AsyncClient,
+) -> None:
+    """The worker checks the payload against the handler's type too (``bill`` takes an
+    ``Invoice``): no retry could make it match, so the first attempt is the last."""
+    handle = await krolik.submit("client.bill", {"customer": "ada", "cents": "many"})
+    with pytest.raises(TaskFailed) as failed:
+        await handle.result(timeout=10)
+    assert "does not match the handler client.bill" in failed.value.error
+    assert failed.value.attempts == 1
+    assert [attempt.outcome for attempt in await krolik.attempts(handle)] == ["failed"]
+
+
 async def test_a_handle_on_an_earlier_task_is_typed_too(krolik: AsyncClient) -> None:
     first = await krolik.submit(bill, Invoice(customer="bo", cents=[1]))
     later = krolik.handle(bill, first.id)
