@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -42,7 +42,12 @@ class Embedded:
 
     @classmethod
     def build(
-        cls, settings: Settings, registry: Registry, *, concurrency: int | None = None
+        cls,
+        settings: Settings,
+        registry: Registry,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
     ) -> Embedded:
         node = Node.build(
             settings,
@@ -50,6 +55,7 @@ class Embedded:
             mode=Mode.EMBEDDED,
             registry=registry,
             concurrency=concurrency,
+            queues=queues,
         )
         return cls(node, Path(settings.embedded.path).resolve())
 

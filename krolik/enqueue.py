@@ -68,7 +68,7 @@ async def enqueue_many(
 ) -> list[Task]:
     """Insert one task of ``name`` per payload, in one statement, in ``conn``'s
     transaction; the tasks in the order of the payloads. ``options`` as for ``enqueue``."""
-    new_tasks = [_checked(name, payload, queue, options) for payload in payloads]
+    new_tasks = [checked_task(name, payload, queue, **options) for payload in payloads]
     if not new_tasks:
         return []
     from krolik.store.postgres import ENQUEUE_SQL, enqueue_arguments, enqueued
@@ -83,7 +83,7 @@ async def enqueue_many(
     ]
 
 
-def _checked(name: str, payload: Any, queue: str, options: dict[str, Any]) -> NewTask:
+def checked_task(name: str, payload: Any, queue: str = "default", **options: Any) -> NewTask:
     """The task as ``POST /tasks/`` would take it (ValueError with its message if not)."""
     from pydantic import ValidationError
 
