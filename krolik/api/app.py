@@ -18,7 +18,7 @@ from krolik.api.errors import install_error_handlers
 from krolik.api.routes import events, health, queues, schedules, tasks, workers
 from krolik.api.routes import metrics as metrics_route
 from krolik.heap import tune_garbage_collector
-from krolik.node import Node
+from krolik.node import Mode, Node
 
 
 def create_app(node: Node) -> FastAPI:
@@ -36,14 +36,17 @@ def create_app(node: Node) -> FastAPI:
         finally:
             await node.stop()
 
+    # The interactive docs: with APP__DEBUG (the seed's rule, kept in production), and
+    # always on ``krolik dev``, a developer's own machine.
+    docs = settings.debug or node.mode is Mode.EMBEDDED
     app = FastAPI(
         title="Krolik",
         summary="A task queue that never loses a task.",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if settings.debug else None,
-        redoc_url="/redoc" if settings.debug else None,
-        openapi_url="/openapi.json" if settings.debug else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.node = node
     for router in (

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.contract.http import FAILING, FAILING_ATTEMPTS, submit, wait_for
 
@@ -163,3 +164,12 @@ async def test_a_pending_task_says_why_it_waits(client: httpx.AsyncClient) -> No
     done = await submit(client, payload=4)
     finished = await wait_for(client, done["task_id"], "done")
     assert finished["waiting_reason"] is None
+
+
+async def test_krolik_dev_serves_the_interactive_docs_and_production_only_with_debug(
+    client: httpx.AsyncClient, request: pytest.FixtureRequest
+) -> None:
+    embedded = "embedded" in request.node.callspec.id
+    for path in ("/docs", "/openapi.json"):
+        response = await client.get(path)
+        assert response.status_code == (200 if embedded else 404), (path, response.text)
