@@ -12,7 +12,7 @@ ENV PATH="/opt/venv/bin:${PATH}"
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install .
+    pip install . ./clients/python
 
 # ---- runtime stage: just the venv, run as an unprivileged user ----
 FROM python:3.12-slim AS runtime

@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from krolik import console
 from krolik.access import Scope
 from krolik.builtin_tasks import builtin_registry
 from krolik.errors import ConfigurationError, InvalidTransition, StoreError
@@ -515,6 +516,13 @@ def prune(
         typer.echo(f"{status:<10} {queue:<24} {kept:<9} {count:,}")
     total = sum(line[3] for line in lines)
     typer.echo(f"{total:,} finished tasks {verb}")
+
+
+# -- the command line for people: through the API ---------------------------------------
+cli.command()(console.submit)
+cli.add_typer(console.tasks_cli, name="tasks")
+cli.command()(console.workers)
+cli.command()(console.tail)
 
 
 def main() -> None:
