@@ -25,6 +25,7 @@ from sqlalchemy import text
 from krolik.broker.base import Delivery
 from krolik.broker.rabbitmq import RabbitMQBroker
 from krolik.broker.topology import Topology
+from krolik.errors import BrokerUnavailable
 from krolik.settings import Settings
 from krolik.store.postgres import PostgresTaskStore
 from krolik.store.records import NewTask
@@ -68,7 +69,17 @@ async def lead_from(nodes: RabbitCluster, settings: Settings, node: int) -> str:
     async def ignore(_: Delivery) -> None:
         return None
 
-    await broker.connect()  # the exchanges
+    # The exchanges. A node thawed or restarted by the test before listens a moment before
+    # its AMQP handshakes succeed (it may still be healing its partition): try again.
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        try:
+            await broker.connect()
+            break
+        except BrokerUnavailable:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     subscription = await broker.consume([settings.default_queue], 1, ignore)
     await subscription.cancel()
     await broker.close()
