@@ -76,6 +76,8 @@ RUNS: dict[str, tuple[str, list[str], set[str]]] = {
             "1",
             "--autovacuum-wait",
             "0",
+            "--during-pause",
+            "0",
         ],
         {"cleaning_seconds", "batch_ms", "submit_ratio_during", "drain_ratio_during", "table"},
     ),

@@ -33,7 +33,9 @@ from tests.client.handlers import handlers
 from tests.conftest import test_settings
 from tests.support.processes import free_port
 
-MODES = ["production", "embedded"]
+MODES = ["production"]
+"""The client talks HTTP, the same whatever serves it; the API's contract tests run both
+modes, and ``test_tasks.py`` takes one typed round trip through ``krolik dev`` too."""
 BASE_URL = "http://krolik.test"
 QUICK_RETRIES = Retries(attempts=4, backoff=0.05, backoff_max=0.2)
 

@@ -10,6 +10,14 @@ import os
 import sys
 from typing import Any
 
+import pytest
+
+
+@pytest.fixture
+def app(production_app: Any) -> Any:
+    """The PostgreSQL mode only: the commands talk HTTP, the same in both modes."""
+    return production_app
+
 
 async def krolik(url: str, *args: str, stdin: str | None = None) -> tuple[int, str]:
     """Run ``krolik ARGS --url URL``; its exit code and what it printed. Run without
@@ -44,7 +52,7 @@ async def test_submit_waits_and_ends_with_the_task(served: str) -> None:
     code, said = await krolik(served, "submit", "client.explode", "--payload", '"x"', "--wait")
     assert (code, "failed: RuntimeError: cannot handle x" in said) == (1, True), said
     code, said = await krolik(
-        served, "submit", "client.nap", "--payload", "5", "--wait", "--timeout", "0.5"
+        served, "submit", "client.nap", "--payload", "1.5", "--wait", "--timeout", "0.3"
     )
     assert code == 3, said
     assert "still" in said, said

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import pytest
 from krolik_client import AsyncClient, Conflict, NotFound, TaskChange, TaskStatus
@@ -14,6 +15,12 @@ from tests.client.handlers import nap
 WEEK = 7 * 86400.0
 NEW_YEAR = "0 0 1 1 *"
 """Timetables with no tick while a test runs."""
+
+
+@pytest.fixture
+def app(production_app: Any) -> Any:
+    """The PostgreSQL mode only (reads and actions the contract tests already run in both modes)."""
+    return production_app
 
 
 async def test_queue_limits_pause_and_resume(krolik: AsyncClient) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
 from krolik_client import (
     AsyncClient,
@@ -21,6 +23,7 @@ from krolik_client import (
     WaitTimeout,
 )
 
+from tests.client.conftest import BASE_URL, QUICK_RETRIES
 from tests.client.handlers import (
     EXPLODE_ATTEMPTS,
     RESIZE,
@@ -56,6 +59,13 @@ async def test_pydantic_models_are_serialised_and_the_result_validated(
     assert receipt == Receipt(customer="ada", total_cents=400)
     assert isinstance(receipt, Receipt)
     assert (await krolik.get(handle)).payload == {"customer": "ada", "cents": [150, 250]}
+
+
+async def test_a_typed_round_trip_through_krolik_dev(embedded_app: Any) -> None:
+    transport = httpx.ASGITransport(app=embedded_app)
+    async with AsyncClient(BASE_URL, transport=transport, retries=QUICK_RETRIES) as client:
+        handle = await client.submit(bill, Invoice(customer="dev", cents=[2, 3]))
+        assert await handle.result(timeout=10) == Receipt(customer="dev", total_cents=5)
 
 
 async def test_a_plain_function_returning_a_dataclass(krolik: AsyncClient) -> None:
